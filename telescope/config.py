@@ -1,0 +1,189 @@
+"""The trial's contract: `TrialConfig` in, `TrialResult` out.
+
+Both are plain, frozen, picklable dataclasses so Ray can ship them and the ledger can flatten
+them. A trial knows nothing of sweeps: everything it needs is in its config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from telescope.errors import ConfigError
+
+Optimizer = Literal["muon", "adamw"]
+Parameterization = Literal["mup", "sp"]
+HiddenLrRule = Literal["adam-mup", "spectral"]
+Status = Literal["completed", "diverged", "failed"]
+
+OPTIMIZERS = ("muon", "adamw")
+PARAMETERIZATIONS = ("mup", "sp")
+HIDDEN_LR_RULES = ("adam-mup", "spectral")
+DEVICES = ("auto", "cpu", "cuda")
+BUILTIN_CORPUS = "builtin:stdlib"
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one training run needs. Width is the only thing a sweep changes across levels.
+
+    `lr`, `init_std` and `weight_decay` are *base* values: muP (see telescope.scaling) rescales
+    them per parameter group from the width multiplier width / base_width.
+    """
+
+    # model shape: depth, head_dim, seq_len held fixed across widths; heads = width / head_dim
+    width: int = 64
+    base_width: int = 32
+    depth: int = 4
+    head_dim: int = 32
+    mlp_ratio: int = 4
+    # training
+    seq_len: int = 128
+    batch_size: int = 16
+    steps: int = 200
+    warmup_frac: float = 0.1  # linear warmup over this fraction of steps
+    final_lr_frac: float = 0.1  # cosine decays to this fraction of peak
+    # swept hyperparameters (base values)
+    lr: float = 3e-3
+    init_std: float = 0.02
+    weight_decay: float = 0.1
+    # method
+    optimizer: Optimizer = "muon"
+    parameterization: Parameterization = "mup"
+    hidden_lr_rule: HiddenLrRule = "adam-mup"  # muon only: "adam-mup" lr ~ 1/m, "spectral" ~ 1/sqrt(m)
+    # data
+    data: str = BUILTIN_CORPUS  # builtin:stdlib, a directory/glob of text files, or a .bin token file
+    vocab_size: int | None = None  # required for .bin token files; byte-level (256) otherwise
+    val_frac: float = 0.05
+    # evaluation, divergence, determinism
+    seed: int = 0
+    eval_interval: int = 50
+    eval_batches: int = 8
+    diverge_factor: float = 3.0  # stop as diverged when train loss > factor * initial loss
+    device: str = "auto"  # auto: cuda (bf16 autocast) when visible, else cpu
+    num_threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or (
+                isinstance(value, float) and not math.isfinite(value)
+            ):
+                raise ConfigError(name, f"must be a positive number; got {value!r}")
+
+        for name in ("width", "base_width", "depth", "head_dim", "mlp_ratio", "seq_len",
+                     "batch_size", "steps", "eval_interval", "eval_batches"):
+            positive(name)
+            if not isinstance(getattr(self, name), int):
+                raise ConfigError(name, f"must be a whole number; got {getattr(self, name)!r}")
+        for name in ("lr", "init_std", "diverge_factor"):
+            positive(name)
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
+            raise ConfigError("weight_decay", f"must be >= 0; got {self.weight_decay!r}")
+        for name in ("warmup_frac", "final_lr_frac"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v <= 1):
+                raise ConfigError(name, f"must be between 0 and 1; got {v!r}")
+        if not (isinstance(self.val_frac, (int, float)) and 0 < self.val_frac < 1):
+            raise ConfigError("val_frac", f"must be between 0 and 1 (exclusive); got {self.val_frac!r}")
+        if self.diverge_factor <= 1:
+            raise ConfigError("diverge_factor", f"must be > 1; got {self.diverge_factor!r}")
+        if self.width % self.head_dim:
+            raise ConfigError(
+                "width", f"must be a multiple of head_dim ({self.head_dim}); got {self.width}"
+            )
+        if self.base_width % self.head_dim:
+            raise ConfigError(
+                "base_width", f"must be a multiple of head_dim ({self.head_dim}); got {self.base_width}"
+            )
+        if self.width < self.base_width:
+            raise ConfigError(
+                "width", f"must be >= base_width ({self.base_width}); got {self.width}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError("optimizer", f"must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ConfigError(
+                "parameterization",
+                f"must be one of {', '.join(PARAMETERIZATIONS)}; got {self.parameterization!r}",
+            )
+        if self.hidden_lr_rule not in HIDDEN_LR_RULES:
+            raise ConfigError(
+                "hidden_lr_rule",
+                f"must be one of {', '.join(HIDDEN_LR_RULES)}; got {self.hidden_lr_rule!r}",
+            )
+        if self.device not in DEVICES:
+            raise ConfigError("device", f"must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        if self.vocab_size is not None and (
+            not isinstance(self.vocab_size, int) or not 2 <= self.vocab_size <= 2**32
+        ):
+            raise ConfigError("vocab_size", f"must be a whole number in [2, 2^32]; got {self.vocab_size!r}")
+        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise ConfigError("num_threads", f"must be a positive whole number; got {self.num_threads!r}")
+        if not isinstance(self.data, str) or not self.data:
+            raise ConfigError("data", f"must be a path or {BUILTIN_CORPUS!r}; got {self.data!r}")
+
+    @property
+    def n_heads(self) -> int:
+        return self.width // self.head_dim
+
+    @property
+    def width_mult(self) -> float:
+        return self.width / self.base_width
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(round(self.warmup_frac * self.steps))
+
+    def replace(self, **changes: Any) -> "TrialConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def fingerprint(self) -> str:
+        """A stable content hash: equal configs give equal ids, on any machine."""
+        canonical = {
+            k: (float(f"{v:.12g}") if isinstance(v, float) else v) for k, v in self.to_dict().items()
+        }
+        blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrialResult:
+    """What one trial produced. `final_loss` is the last validation loss (NaN unless completed)."""
+
+    status: Status
+    final_loss: float
+    final_train_loss: float
+    tokens: int  # tokens trained on (steps actually run x batch x seq_len)
+    flops: float  # model FLOPs actually spent (6ND + attention), see telescope.flops
+    wall_time_s: float
+    device: str  # e.g. "cpu" or "cuda:0 (NVIDIA H100)"
+    steps_done: int
+    n_params: int
+    train_steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    error: str | None = None  # why it failed or diverged
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> dict[str, Any]:
+        """The scalar fields (no curves), for printing and for the ledger's trial row."""
+        curves = {"train_steps", "train_loss", "val_steps", "val_loss"}
+        return {k: v for k, v in self.to_dict().items() if k not in curves}

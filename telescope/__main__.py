@@ -1,0 +1,5 @@
+import sys
+
+from telescope.cli import main
+
+sys.exit(main())

@@ -1,0 +1,104 @@
+"""Live progress of a sweep: per level, done / running / failed / diverged and the best so far.
+
+On a terminal the current level's line is redrawn in place; elsewhere (CI logs, `nohup`) a line is
+printed at most every `interval_s` seconds and when a level ends, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+
+@dataclass
+class LevelTally:
+    level: int
+    width: int
+    total: int
+    done: int = 0  # finished in this run or earlier (any status)
+    running: int = 0
+    failed: int = 0
+    diverged: int = 0
+    best_loss: float = math.inf
+    best_point: dict[str, float] = field(default_factory=dict)
+
+    def line(self) -> str:
+        best = "-" if not math.isfinite(self.best_loss) else f"{self.best_loss:.4f}"
+        at = ", ".join(f"{k}={v:.3g}" for k, v in self.best_point.items())
+        return (
+            f"level {self.level} width {self.width:>5}: {self.done:>3}/{self.total} done, "
+            f"{self.running} running, {self.failed} failed, {self.diverged} diverged, best {best}"
+            + (f" at {at}" if at else "")
+        )
+
+
+class Progress:
+    def __init__(self, stream: TextIO | None = None, interval_s: float = 10.0, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval_s = interval_s
+        self.quiet = quiet
+        self.tally: LevelTally | None = None
+        self._last_print = 0.0
+
+    def start_level(self, level: int, width: int, total: int) -> None:
+        self.tally = LevelTally(level, width, total)
+        self._draw(force=True)
+
+    def grow_level(self, extra: int) -> None:
+        """The level gained points (edge widening or an Optuna batch)."""
+        assert self.tally is not None
+        self.tally.total += extra
+        self._draw(force=True)
+
+    def record(self, status: str, loss: float, point: dict[str, float], *, was_running: bool) -> None:
+        t = self.tally
+        assert t is not None
+        t.done += 1
+        if was_running:
+            t.running -= 1
+        if status == "failed":
+            t.failed += 1
+        elif status == "diverged":
+            t.diverged += 1
+        elif math.isfinite(loss) and loss < t.best_loss:
+            t.best_loss, t.best_point = loss, dict(point)
+        self._draw()
+
+    def submitted(self, n: int = 1) -> None:
+        assert self.tally is not None
+        self.tally.running += n
+        self._draw()
+
+    def note(self, text: str) -> None:
+        self._end_live_line()
+        self._write(text + "\n")
+
+    def end_level(self, summary: str) -> None:
+        self._draw(force=True)
+        self._end_live_line()
+        self._write(f"  -> {summary}\n")
+        self.tally = None
+
+    # -- drawing -------------------------------------------------------------------------------
+    def _draw(self, force: bool = False) -> None:
+        if self.tally is None or self.quiet:
+            return
+        now = time.monotonic()
+        if self.live:
+            self._write("\r\x1b[2K" + self.tally.line())
+        elif force or now - self._last_print >= self.interval_s:
+            self._write(self.tally.line() + "\n")
+            self._last_print = now
+
+    def _end_live_line(self) -> None:
+        if self.live and self.tally is not None and not self.quiet:
+            self._write("\n")
+
+    def _write(self, text: str) -> None:
+        if not self.quiet:
+            self.stream.write(text)
+            self.stream.flush()

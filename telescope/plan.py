@@ -1,0 +1,165 @@
+"""What a sweep will run and what it will cost, before it runs: `plan(spec)` and `format_plan`.
+
+Costs are model FLOPs (telescope.flops: 6 per matmul parameter per token plus attention), so
+they compare widths and grids fairly on any hardware. Vocabulary: the spec's vocab_size, else
+256 (byte-level text).
+
+Brute force is the alternative telescoping replaces: a whole grid run at one width, priced at
+the calibration width (the same answer without telescoping) and at the target width (tuning the
+final model directly). Two grids are priced:
+  - "base resolution": as many points as the base grid, i.e. the base grid run at that width.
+    This is the comparison the paper's "savings typically higher than 50%" refers to.
+  - "finest spacing": the last level's spacing over the base grid's range, i.e. the resolution
+    telescoping ends with, reached by brute force.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from telescope.flops import training_flops
+from telescope.spec import SweepSpec
+from telescope.telescoping import count_schedule
+
+BYTE_VOCAB = 256
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    level: int
+    width: int
+    counts: tuple[int, ...]  # points per axis
+    grid: str  # "5x5"
+    sampler: str
+    points: int
+    trials: int  # points x seeds
+    flops_per_trial: float
+    flops: float
+    share: float  # of the sweep's planned total
+
+
+@dataclass(frozen=True)
+class BruteForce:
+    grid_kind: str  # "base resolution" | "finest spacing"
+    width: int
+    counts: tuple[int, ...]
+    grid: str
+    trials: int
+    flops: float
+    savings: float  # 1 - telescoping's planned FLOPs / these
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    axes: tuple[str, ...]
+    seeds: int
+    vocab_size: int
+    levels: tuple[LevelPlan, ...]
+    trials: int
+    flops: float
+    max_widenings: int  # widening can't be predicted: it depends on where the optimum lands
+    widening_trials_max: int  # at most this many more trials at level 0
+    widening_flops_max: float
+    brute_force: tuple[BruteForce, ...]
+    target_width: int
+    final_run_flops: float  # one training run at target_width with the spec's steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def plan(spec: SweepSpec) -> Plan:
+    fixed = spec.fixed
+    vocab = fixed.vocab_size or BYTE_VOCAB
+    seeds = len(spec.seeds)
+
+    def trial_flops(width: int) -> float:
+        return training_flops(
+            width, fixed.depth, fixed.seq_len, vocab, fixed.batch_size, fixed.steps, fixed.mlp_ratio
+        )
+
+    schedule = count_schedule([a.points for a in spec.axes], spec.n_levels, spec.min_points)
+    rows = []
+    for level, (width, counts) in enumerate(zip(spec.widths, schedule)):
+        trials = math.prod(counts) * seeds
+        rows.append((level, width, counts, trials, trial_flops(width)))
+    total = sum(trials * per for *_, trials, per in rows)
+    levels = tuple(
+        LevelPlan(level, width, counts, _shape(counts), spec.samplers[level], math.prod(counts), trials, per,
+                  trials * per, trials * per / total)
+        for level, width, counts, trials, per in rows
+    )
+
+    base = schedule[0]
+    widening_trials = (math.prod(c + spec.max_widenings for c in base) - math.prod(base)) * seeds
+    finest = tuple((c - 1) * 2 ** (spec.n_levels - 1) + 1 if c > 1 else 1 for c in base)
+    brute = tuple(
+        BruteForce(kind, width, counts, _shape(counts), math.prod(counts) * seeds,
+                   math.prod(counts) * seeds * trial_flops(width),
+                   1 - total / (math.prod(counts) * seeds * trial_flops(width)))
+        for width in (spec.calibration_width, spec.target_width)
+        for kind, counts in (("base resolution", base), ("finest spacing", finest))
+    )
+    return Plan(
+        name=spec.name,
+        axes=spec.axis_names,
+        seeds=seeds,
+        vocab_size=vocab,
+        levels=levels,
+        trials=sum(lv.trials for lv in levels),
+        flops=total,
+        max_widenings=spec.max_widenings,
+        widening_trials_max=widening_trials,
+        widening_flops_max=widening_trials * trial_flops(spec.base_width),
+        brute_force=brute,
+        target_width=spec.target_width,
+        final_run_flops=trial_flops(spec.target_width),
+    )
+
+
+def _shape(counts: tuple[int, ...]) -> str:
+    return "x".join(str(c) for c in counts)
+
+
+def _flops(x: float) -> str:
+    return f"{x:.2e}".replace("e+", "e")
+
+
+def format_plan(p: Plan) -> str:
+    seeds = f"{p.seeds} seed{'s' if p.seeds > 1 else ''} per point"
+    lines = [
+        f"sweep {p.name}: {' x '.join(p.axes)}, {seeds}, model FLOPs (vocab {p.vocab_size})",
+        "",
+        f"{'level':>5}  {'width':>6}  {'grid':>7}  {'sampler':>7}  {'trials':>6}  "
+        f"{'FLOPs/trial':>11}  {'FLOPs':>9}  {'share':>5}",
+    ]
+    for lv in p.levels:
+        lines.append(
+            f"{lv.level:>5}  {lv.width:>6}  {lv.grid:>7}  {lv.sampler:>7}  {lv.trials:>6}  "
+            f"{_flops(lv.flops_per_trial):>11}  {_flops(lv.flops):>9}  {lv.share:>5.0%}"
+        )
+    lines.append(f"{'total':>5}  {'':>6}  {'':>7}  {'':>7}  {p.trials:>6}  {'':>11}  {_flops(p.flops):>9}")
+    if p.max_widenings:
+        lines.append(
+            f"+ up to {p.max_widenings} widening ring{'s' if p.max_widenings > 1 else ''} at level 0 if the "
+            f"optimum lands on an edge: at most {p.widening_trials_max} more trials, "
+            f"{_flops(p.widening_flops_max)} FLOPs"
+        )
+    lines += ["", "against brute force (one grid run entirely at one width):"]
+    for b in p.brute_force:
+        lines.append(
+            f"  {b.grid_kind:<15} {b.grid:>7} at width {b.width:>5}: {b.trials:>6} trials  "
+            f"{_flops(b.flops):>9} FLOPs  telescoping saves {b.savings:.1%}"
+        )
+    lines += [
+        "  (base resolution: the base grid's points; "
+        "finest spacing: the last level's spacing over the base range)",
+        "",
+        f"one training run at the target width {p.target_width} with the spec's steps: "
+        f"{_flops(p.final_run_flops)} FLOPs; the sweep costs {p.flops / p.final_run_flops:.2g}x that",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from telescope.flops import training_flops
+from telescope.plan import format_plan, plan
+from telescope.spec import load_spec, parse_spec
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+def paper_trial_flops(width):
+    # sweeps/paper.toml: depth 16, seq 2048, vocab 50304, batch 256, 4000 steps
+    return training_flops(width, 16, 2048, 50304, 256, 4000)
+
+
+def test_paper_plan_matches_the_paper_schedule():
+    p = plan(load_spec(SWEEPS / "paper.toml"))
+    assert [lv.grid for lv in p.levels] == ["8x8", "5x5", "3x3", "3x3"]
+    assert [lv.trials for lv in p.levels] == [64, 25, 9, 9] and p.trials == 107
+    assert [lv.width for lv in p.levels] == [256, 512, 1024, 2048]
+    expected = [n * paper_trial_flops(w) for n, w in zip((64, 25, 9, 9), (256, 512, 1024, 2048))]
+    for lv, flops in zip(p.levels, expected):
+        assert lv.flops == pytest.approx(flops, rel=1e-12)
+    assert p.flops == pytest.approx(sum(expected), rel=1e-12)
+    assert sum(lv.share for lv in p.levels) == pytest.approx(1.0)
+    # halving the points per axis as the width doubles keeps the first levels' cost about flat
+    first = [lv.flops for lv in p.levels[:3]]
+    assert max(first) / min(first) < 1.3
+    # the base grid run at the calibration width instead
+    brute = next(b for b in p.brute_force if b.width == 2048 and b.grid_kind == "base resolution")
+    assert brute.trials == 64 and brute.flops == pytest.approx(64 * paper_trial_flops(2048), rel=1e-12)
+    assert brute.savings == pytest.approx(1 - sum(expected) / brute.flops) and brute.savings > 0.5
+    fine = next(b for b in p.brute_force if b.width == 2048 and b.grid_kind == "finest spacing")
+    assert fine.grid == "57x57"  # spacing / 8 over the 8-point range: 7 * 8 + 1 points per axis
+    assert p.widening_trials_max == 10 * 10 - 64
+    assert p.final_run_flops == pytest.approx(paper_trial_flops(4096), rel=1e-12)
+
+
+def test_plan_scales_with_seeds_and_is_json():
+    d = tomllib.loads((SWEEPS / "demo.toml").read_text())
+    one = plan(parse_spec(d))
+    assert [lv.trials for lv in one.levels] == [25, 9, 9] and one.vocab_size == 256
+    d["seeds"] = 3
+    three = plan(parse_spec(d))
+    assert [lv.trials for lv in three.levels] == [75, 27, 27]
+    assert three.flops == pytest.approx(3 * one.flops)
+    assert json.loads(json.dumps(three.to_dict()))["levels"][0]["grid"] == "5x5"
+
+
+def test_format_plan_reads_as_a_table():
+    text = format_plan(plan(load_spec(SWEEPS / "paper.toml")))
+    assert "8x8" in text and "107" in text and "up to 2 widening rings" in text
+    assert "telescoping saves" in text and "target width 4096" in text

@@ -1,0 +1,246 @@
+import copy
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from telescope.config import TrialConfig
+from telescope.errors import ConfigError
+from telescope.spec import AXIS_BOUNDS, Resources, load_spec, parse_spec
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+def demo_dict():
+    return tomllib.loads((SWEEPS / "demo.toml").read_text())
+
+
+def test_demo_and_paper_specs_load():
+    demo = load_spec(SWEEPS / "demo.toml")
+    assert demo.widths == [32, 64, 128] and demo.target_width == 1024
+    assert demo.axis_names == ("lr", "init_std") and demo.min_points == 3
+    assert demo.fixed.data == "builtin:stdlib" and demo.resources == (Resources(1, 0),) * 3
+
+    paper = load_spec(SWEEPS / "paper.toml")
+    assert paper.widths == [256, 512, 1024, 2048]
+    assert paper.axis_names == ("lr", "weight_decay")
+    assert [a.points for a in paper.axes] == [8, 8] and paper.min_points == 3
+    assert [r.num_gpus for r in paper.resources] == [0.25, 0.5, 1, 1]
+    assert paper.fixed.vocab_size == 50304 and paper.samplers == ("grid",) * 4
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "paper.toml"])
+def test_to_toml_round_trips(name):
+    spec = load_spec(SWEEPS / name)
+    again = parse_spec(tomllib.loads(spec.to_toml()))
+    assert again == spec and again.fingerprint() == spec.fingerprint()
+
+
+def test_fingerprint_follows_results_not_resources():
+    base = demo_dict()
+    fp = parse_spec(base).fingerprint()
+    assert fp == load_spec(SWEEPS / "demo.toml").fingerprint() and len(fp) == 16
+
+    def changed(edit):
+        d = copy.deepcopy(base)
+        edit(d)
+        return parse_spec(d).fingerprint()
+
+    # how trials run, what the sweep is called, and the export width do not change results
+    assert changed(lambda d: d["resources"].update(num_cpus=2, num_gpus=1, time_limit_s=5)) == fp
+    assert changed(lambda d: d["resources"].update(max_retries=0)) == fp
+    assert changed(lambda d: d.update(name="renamed", target_width=2048)) == fp
+    # spelling a default out, or an int for a float, changes nothing
+    assert changed(lambda d: d["training"].update(val_frac=0.05, weight_decay=0.1)) == fp
+    # what the trials compute does
+    assert changed(lambda d: d["training"].update(steps=151)) != fp
+    assert changed(lambda d: d["axes"]["lr"].update(high=0.2)) != fp
+    assert changed(lambda d: d.update(seeds=2)) != fp
+    assert changed(lambda d: d.update(calibration_width=256)) != fp
+    assert changed(lambda d: d.update(sampler=["grid", "tpe", "tpe"])) != fp
+
+
+def test_int_given_for_a_float_setting_is_the_same_trial():
+    d = demo_dict()
+    d["training"]["weight_decay"] = 0
+    as_int = parse_spec(d)
+    d["training"]["weight_decay"] = 0.0
+    assert as_int.fixed.weight_decay == 0.0 and isinstance(as_int.fixed.weight_decay, float)
+    assert as_int.fixed.fingerprint() == parse_spec(d).fixed.fingerprint()
+
+
+def test_trial_config_expansion():
+    spec = load_spec(SWEEPS / "demo.toml")
+    cfg = spec.trial_config(128, {"lr": 0.01, "init_std": 0.02}, seed=3)
+    assert isinstance(cfg, TrialConfig)
+    assert (cfg.width, cfg.base_width, cfg.seed, cfg.lr, cfg.init_std) == (128, 32, 3, 0.01, 0.02)
+    assert (cfg.depth, cfg.head_dim, cfg.steps, cfg.seq_len, cfg.weight_decay) == (2, 16, 150, 128, 0.1)
+    assert cfg.data == "builtin:stdlib" and cfg.device == "cpu"
+    with pytest.raises(ConfigError) as err:
+        spec.trial_config(128, {"lr": -0.01, "init_std": 0.02}, seed=0)
+    assert err.value.field == "axes.lr"
+    with pytest.raises(ConfigError) as err:
+        spec.trial_config(128, {"lr": 0.01}, seed=0)
+    assert err.value.field == "axes"
+
+
+def test_seed_lists_and_per_level_settings():
+    d = demo_dict()
+    d.update(seeds=[7, 11], sampler=["grid", "tpe", "qmc"])
+    d["resources"]["num_gpus"] = [0.25, 0.5, 1]
+    spec = parse_spec(d)
+    assert spec.seeds == (7, 11) and spec.samplers == ("grid", "tpe", "qmc")
+    assert [r.num_gpus for r in spec.resources] == [0.25, 0.5, 1]
+    assert parse_spec(tomllib.loads(spec.to_toml())) == spec
+
+
+def test_sweepable_axes_are_trial_config_float_fields():
+    types = {f.name: f.type for f in dataclasses.fields(TrialConfig)}
+    assert all(types[name] == "float" for name in AXIS_BOUNDS)
+
+
+def _set(path, value):
+    def edit(d):
+        *parents, key = path.split(".")
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[key] = value
+
+    return edit
+
+
+def _drop(path):
+    def edit(d):
+        *parents, key = path.split(".")
+        for p in parents:
+            d = d[p]
+        del d[key]
+
+    return edit
+
+
+def _both(first, second):
+    def edit(d):
+        first(d)
+        second(d)
+
+    return edit
+
+
+BAD = [
+    # missing
+    (_drop("name"), "name"),
+    (_drop("base_width"), "base_width"),
+    (_drop("calibration_width"), "calibration_width"),
+    (_drop("target_width"), "target_width"),
+    (_drop("axes"), "axes"),
+    (_set("axes", {}), "axes"),
+    (_drop("axes.lr.low"), "axes.lr.low"),
+    (_drop("axes.init_std.points"), "axes.init_std.points"),
+    # unknown names (typo protection)
+    (_set("axes.momentum", {"low": 0.8, "high": 0.99, "points": 3}), "axes.momentum"),
+    (_set("axes.val_frac", {"low": 0.01, "high": 0.1, "points": 3}), "axes.val_frac"),
+    (_set("seed", 1), "seed"),
+    (_set("model.dept", 2), "model.dept"),
+    (_set("training.stepz", 2), "training.stepz"),
+    (_set("axes.lr.pionts", 5), "axes.lr.pionts"),
+    (_set("resources.gpus", 1), "resources.gpus"),
+    (_set("model", 3), "model"),
+    # settings in the wrong place
+    (_set("model.steps", 100), "model.steps"),
+    (_set("training.depth", 4), "training.depth"),
+    (_set("training.lr", 0.01), "training.lr"),
+    (_set("training.width", 64), "training.width"),
+    (_set("model.base_width", 64), "model.base_width"),
+    (_set("training.seed", 1), "training.seed"),
+    # axes
+    (_set("axes.lr.low", 0.5), "axes.lr.low"),
+    (_set("axes.lr.low", 0.1), "axes.lr.low"),
+    (_set("axes.init_std.low", 0.0), "axes.init_std.low"),
+    (_set("axes.lr.points", 0), "axes.lr.points"),
+    (_set("axes.lr.points", 2.5), "axes.lr.points"),
+    (_set("axes.lr.scale", "linear"), "axes.lr.scale"),
+    (_set("axes.lr.scale", "ln"), "axes.lr.scale"),
+    (_set("axes.lr.high", "big"), "axes.lr.high"),
+    (_set("axes.warmup_frac", {"low": 0.1, "high": 1.5, "scale": "linear", "points": 3}),
+     "axes.warmup_frac.high"),
+    (_set("axes.weight_decay", {"low": -0.1, "high": 0.2, "scale": "linear", "points": 3}),
+     "axes.weight_decay.low"),
+    # widths
+    (_set("calibration_width", 96), "calibration_width"),
+    (_set("calibration_width", 16), "calibration_width"),
+    (_set("target_width", 64), "target_width"),
+    (_set("target_width", 1000), "target_width"),
+    (_both(_set("base_width", 40), _set("calibration_width", 160)), "base_width"),  # head_dim 16
+    (_set("base_width", 0), "base_width"),
+    (_set("base_width", 32.0), "base_width"),
+    # fixed settings, validated by TrialConfig and reported where they are set
+    (_set("model.head_dim", 24), "base_width"),
+    (_set("training.steps", 0), "training.steps"),
+    (_set("model.depth", 2.5), "model.depth"),
+    (_set("training.optimizer", "sgd"), "training.optimizer"),
+    (_set("training.data", "tokens.bin"), "training.vocab_size"),
+    # resources
+    (_set("resources.num_gpus", 1.5), "resources.num_gpus"),
+    (_set("resources.num_gpus", -1), "resources.num_gpus"),
+    (_set("resources.num_gpus", [0.5, 1]), "resources.num_gpus"),
+    (_set("resources.num_cpus", -2), "resources.num_cpus"),
+    (_set("resources.num_cpus", 0), "resources.num_cpus"),
+    (_set("resources.time_limit_s", 0), "resources.time_limit_s"),
+    (_set("resources.max_retries", -1), "resources.max_retries"),
+    # sweep settings
+    (_set("sampler", "bayes"), "sampler"),
+    (_set("sampler", ["grid", "tpe"]), "sampler"),
+    (_set("sampler", ["grid", "tpe", "annealing"]), "sampler"),
+    (_set("seeds", 0), "seeds"),
+    (_set("seeds", []), "seeds"),
+    (_set("seeds", [1, 1]), "seeds"),
+    (_set("seeds", [-1]), "seeds"),
+    (_set("min_points", 2), "min_points"),
+    (_set("min_points", 7), "axes.lr.points"),
+    (_set("max_widenings", -1), "max_widenings"),
+    (_set("name", "my sweep/1"), "name"),
+]
+
+
+@pytest.mark.parametrize("edit, field", BAD, ids=[f"{i}-{f}" for i, (_, f) in enumerate(BAD)])
+def test_bad_input_names_the_field(edit, field):
+    d = demo_dict()
+    edit(d)
+    with pytest.raises(ConfigError) as err:
+        parse_spec(d)
+    assert err.value.field == field
+    text = str(err.value)
+    assert text.startswith(f"{field}: ") and "\n" not in text and len(err.value.message) > 15
+
+
+def test_messages_say_how_to_fix():
+    cases = {
+        "axes.momentum": (_set("axes.momentum", {"low": 0.8, "high": 0.99}), "lr, init_std, weight_decay"),
+        "model.dept": (_set("model.dept", 2), "did you mean 'depth'"),
+        "model.steps": (_set("model.steps", 100), "move it to [training]"),
+        "resources.num_gpus": (_set("resources.num_gpus", 1.5), "fractional GPUs > 1"),
+        "calibration_width": (_set("calibration_width", 96), "32, 64, 128, 256"),
+    }
+    for field, (edit, hint) in cases.items():
+        d = demo_dict()
+        edit(d)
+        with pytest.raises(ConfigError, match=hint.replace("[", r"\[").replace("]", r"\]")) as err:
+            parse_spec(d)
+        assert err.value.field == field
+
+
+def test_file_errors(tmp_path):
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as err:
+        load_spec(missing)
+    assert err.value.field == str(missing) and "no such file" in err.value.message
+    with pytest.raises(ConfigError) as err:
+        load_spec(tmp_path)
+    assert err.value.field == str(tmp_path)
+    broken = tmp_path / "broken.toml"
+    broken.write_text('name = "x"\nbase_width = \n')
+    with pytest.raises(ConfigError) as err:
+        load_spec(broken)
+    assert err.value.field == str(broken) and "line 2" in err.value.message and "\n" not in str(err.value)

@@ -25,6 +25,7 @@ PARAMETERIZATIONS = ("mup", "sp")
 HIDDEN_LR_RULES = ("adam-mup", "spectral")
 DEVICES = ("auto", "cpu", "cuda")
 BUILTIN_CORPUS = "builtin:stdlib"
+EXECUTION_FIELDS = frozenset({"num_threads"})  # how a trial runs, not what it computes
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,14 @@ class TrialConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     def fingerprint(self) -> str:
-        """A stable content hash: equal configs give equal ids, on any machine."""
+        """A stable content hash: equal configs give equal ids, on any machine.
+
+        `num_threads` is left out: it is how a trial is executed (set from the resources it was
+        given), not what it computes, and changing a sweep's resources must not rename its trials.
+        """
         canonical = {
-            k: (float(f"{v:.12g}") if isinstance(v, float) else v) for k, v in self.to_dict().items()
+            k: (float(f"{v:.12g}") if isinstance(v, float) else v)
+            for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS
         }
         blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -33,6 +33,7 @@ def test_fingerprint_is_content_addressed_and_picklable():
     a, b = TrialConfig(lr=1e-3), TrialConfig(lr=1e-3)
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != a.replace(seed=1).fingerprint()
+    assert a.fingerprint() == a.replace(num_threads=2).fingerprint()  # execution, not content
     # float noise below 12 significant digits does not change the id
     assert a.fingerprint() == a.replace(lr=1e-3 + 1e-18).fingerprint()
     assert pickle.loads(pickle.dumps(a)) == a

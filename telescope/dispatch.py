@@ -1,0 +1,584 @@
+"""Run jobs as Ray tasks and stream their outcomes back as they finish.
+
+The dispatcher knows Ray and nothing else: a job is any picklable module-level function and one
+argument. Failures never escape as exceptions; each job ends in exactly one `Outcome`:
+
+- the function returned            -> `value` is set, `failure` is None;
+- the function raised              -> failure "error", not retried (it would raise again);
+- its worker process or node died  -> retried by Ray up to `max_retries`, then failure "lost";
+- it ran past its time limit       -> force-cancelled, failure "timeout".
+
+Time limits count from the moment the task starts running, not from submission: each attempt
+reports its start to a small actor (`_StartLog`) that lives beside the driver, and the driver
+polls that actor while any limited job is in flight. A retried attempt starts its clock afresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Literal
+
+import ray
+from ray.exceptions import (
+    NodeDiedError,
+    ObjectLostError,
+    OutOfMemoryError,
+    RayError,
+    RayTaskError,
+    WorkerCrashedError,
+)
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from telescope.errors import ConfigError
+
+__all__ = ["Dispatcher", "Failure", "Job", "Outcome", "Resources"]
+
+Failure = Literal["error", "timeout", "lost"]
+
+# Ray keeps resource quantities in fixed point with four decimals; doing the capacity arithmetic
+# in the same units keeps 1 / 0.1 GPU from flooring to 9.
+_UNITS = 10_000
+_MESSAGE_CHARS = 500
+_CAPACITY_TTL_S = 5.0  # nodes come and go; re-read the cluster this often while a run is going
+_START_LOG_TIMEOUT_S = 10.0
+_LOST = (WorkerCrashedError, NodeDiedError, OutOfMemoryError, ObjectLostError)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job holds while it runs. Fractional GPUs pack several jobs on one GPU."""
+
+    num_cpus: float = 1
+    num_gpus: float = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_cpus", "num_gpus"):
+            value = getattr(self, name)
+            where = f"resources.{name}"
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ConfigError(where, f"must be a number; got {value!r}")
+            if value < 0:
+                raise ConfigError(where, f"must be >= 0; got {value!r}")
+            if value and abs(value * _UNITS - round(value * _UNITS)) > 1e-6:
+                raise ConfigError(where, f"Ray counts resources to 4 decimals; got {value!r}")
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ConfigError(
+                "resources.num_gpus",
+                f"above 1 must be a whole number of GPUs; got {self.num_gpus!r} — "
+                "use a fraction below 1 (e.g. 0.25 packs 4 jobs per GPU) or 1, 2, ...",
+            )
+        if self.num_cpus == 0 and self.num_gpus == 0:
+            raise ConfigError(
+                "resources", "a job must ask for some CPU or GPU, or nothing bounds how many run at once"
+            )
+
+    def as_units(self) -> dict[str, int]:
+        wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus}
+        return {name: round(v * _UNITS) for name, v in wanted.items() if v}
+
+
+@dataclass(frozen=True)
+class Job:
+    """`fn(arg)` run as one Ray task. `key` names the job in its outcome (unique while running)."""
+
+    key: str
+    fn: Callable[[Any], Any]
+    arg: Any = None
+    resources: Resources = field(default_factory=Resources)
+    time_limit_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise ConfigError("job.key", f"must be a non-empty string; got {self.key!r}")
+        if not callable(self.fn):
+            raise ConfigError("job.fn", f"must be callable; got {self.fn!r}")
+        if not isinstance(self.resources, Resources):
+            raise ConfigError("job.resources", f"must be a Resources; got {self.resources!r}")
+        limit = self.time_limit_s
+        if limit is not None and (
+            not isinstance(limit, (int, float)) or isinstance(limit, bool) or not 0 < limit < math.inf
+        ):
+            raise ConfigError(
+                "job.time_limit_s", f"must be a positive number of seconds or None; got {limit!r}"
+            )
+
+
+@dataclass
+class Outcome:
+    """How one job ended. Exactly one of `value` (success) and `error` (failure) is meaningful."""
+
+    key: str
+    value: Any | None
+    error: str | None  # one line: "ValueError: msg (file.py:12 in fn)", "timed out after 30 s", ...
+    failure: Failure | None
+    node: str  # "hostname (ip)" where the last attempt ran; "" if it never started
+    node_id: str  # Ray's node id, for joining with Ray's own logs
+    gpu_ids: list[str]
+    wall_time_s: float  # the function's run time; for a timeout, how long it had run
+    attempts: int  # attempts Ray started (> 1 after a worker died); 0 if none was seen to start
+    traceback: str | None = None  # the function's full traceback when it raised
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+@dataclass
+class _Where:
+    node: str
+    node_id: str
+    gpu_ids: list[str]
+
+
+@dataclass
+class _Report:
+    """What the task sends back: the function's value or error, and where it ran."""
+
+    value: Any
+    error: str | None
+    traceback: str | None
+    where: _Where
+    wall_time_s: float
+    attempt: int
+
+
+@ray.remote(num_cpus=0)
+class _StartLog:
+    """Start time and attempt count of each running task, kept on the driver's node.
+
+    Ages are measured on this actor's own clock, so no two machines' clocks are ever compared.
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[int, tuple[float, int, _Where]] = {}
+
+    def started(self, serial: int, where: _Where) -> int:
+        attempts = self._runs[serial][1] + 1 if serial in self._runs else 1
+        self._runs[serial] = (time.monotonic(), attempts, where)
+        return attempts
+
+    def ages(self, serials: list[int], forget: list[int]) -> dict[int, tuple[float, int, _Where]]:
+        for serial in forget:
+            self._runs.pop(serial, None)
+        now = time.monotonic()
+        return {s: (now - self._runs[s][0], *self._runs[s][1:]) for s in serials if s in self._runs}
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return text[:_MESSAGE_CHARS]
+
+
+@functools.cache
+def _this_host() -> tuple[str, str]:
+    """(hostname (ip), node id) of this worker process; fixed for its life."""
+    node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+    return node, ray.get_runtime_context().get_node_id()
+
+
+def _execute(fn: Callable[[Any], Any], arg: Any, start_log: Any, serial: int) -> _Report:
+    node, node_id = _this_host()
+    where = _Where(node, node_id, [str(g) for g in ray.get_gpu_ids()])
+    # Logged without waiting: a task blocked in ray.get lends its CPU to the next queued task,
+    # which would then run beside it. Awaited once fn is done, when lending is harmless.
+    started = start_log.started.remote(serial, where)
+    t0 = time.perf_counter()
+    try:
+        value, error, trace = fn(arg), None, None
+    except Exception as err:  # noqa: BLE001 — any exception is the job's outcome, not ours
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        error = f"{_one_line(err)} ({os.path.basename(frame.filename)}:{frame.lineno} in {frame.name})"
+        value, trace = None, traceback.format_exc()
+    wall = time.perf_counter() - t0
+    try:
+        attempt = ray.get(started, timeout=_START_LOG_TIMEOUT_S)
+    except RayError:
+        attempt = 0  # losing the bookkeeping actor must not fail the job itself
+    return _Report(value, error, trace, where, wall, attempt)
+
+
+@ray.remote
+def _on_reused_worker(fn: Callable[[Any], Any], arg: Any, start_log: Any, serial: int) -> _Report:
+    return _execute(fn, arg, start_log, serial)
+
+
+# GPU jobs get a fresh worker process each, Ray's own default for GPU tasks (which `.options()`
+# cannot set): a reused process would keep its CUDA context and cached GPU memory.
+@ray.remote(max_calls=1)
+def _on_fresh_worker(fn: Callable[[Any], Any], arg: Any, start_log: Any, serial: int) -> _Report:
+    return _execute(fn, arg, start_log, serial)
+
+
+@dataclass
+class _Running:
+    serial: int
+    job: Job
+    submitted: float  # driver's monotonic clock; the fallback start when the start log is lost
+
+
+def _token_available() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return os.path.isfile(path) and os.path.getsize(path) > 0
+
+
+def _use_token_auth_for_remote() -> None:
+    """Send our token to a cluster we connect to, if we have one and the user has not chosen.
+
+    Ray 2.60 turns token auth on for clusters it starts (`ray start` too, once a token exists
+    in ~/.ray/auth_token), but a driver given an explicit address never turns it on by itself,
+    so it is refused ("InvalidAuthToken") for half a minute and then fails with ConnectionError.
+    A token sent to a cluster without auth is ignored, so sending it is always safe. Ray caches
+    the mode at import, hence the refresh.
+    """
+    if os.environ.get("RAY_AUTH_MODE") is None and _token_available():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+@contextlib.contextmanager
+def _quiet_auth_warning() -> Iterator[None]:
+    # A private local cluster with a fresh token is the normal case here, not news.
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = auth_log.level
+    auth_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        auth_log.setLevel(level)
+
+
+class Dispatcher:
+    """Runs `Job`s on a Ray cluster and calls back with each `Outcome` as soon as it is known.
+
+    `address=None` starts a private local Ray (never joins whatever RAY_ADDRESS or the last
+    `ray start` point at); any other address is passed to `ray.init` ("auto", "ip:port",
+    "ray://..."). If Ray is already initialised in this process, that connection is used and
+    left open on `shutdown()`.
+
+    Workers must be able to import each job's function: locally they run this interpreter (the
+    project's venv) in this working directory; on a cluster install the package there or pass
+    `runtime_env` (e.g. {"py_modules": [telescope]}).
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
+        max_retries: int = 3,
+        runtime_env: dict[str, Any] | None = None,
+        log_to_driver: bool = False,
+        poll_interval_s: float = 0.25,
+    ) -> None:
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise ConfigError("max_retries", f"must be a whole number >= 0; got {max_retries!r}")
+        if not (isinstance(poll_interval_s, (int, float)) and 0 < poll_interval_s <= 10):
+            raise ConfigError("poll_interval_s", f"must be in (0, 10] seconds; got {poll_interval_s!r}")
+        for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ConfigError(name, f"must be a whole number >= 0; got {value!r}")
+        self.max_retries = max_retries
+        self.poll_interval_s = float(poll_interval_s)
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            self._connect(address, num_cpus, num_gpus, runtime_env, log_to_driver)
+        self._start_log = _StartLog.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node_id=ray.get_runtime_context().get_node_id(), soft=True
+            )
+        ).remote()
+        # Wait until it is up: a task's start message sent to an actor still being created
+        # is lost if that task's worker dies first, and the attempt goes uncounted.
+        ray.get(self._start_log.ages.remote([], []))
+        self._serial = 0
+        self._capacity_cache: dict[Resources, tuple[float, int]] = {}  # resources -> (when, fits)
+
+    @staticmethod
+    def _connect(
+        address: str | None,
+        num_cpus: int | None,
+        num_gpus: int | None,
+        runtime_env: dict[str, Any] | None,
+        log_to_driver: bool,
+    ) -> None:
+        common = dict(
+            runtime_env=runtime_env,
+            log_to_driver=log_to_driver,  # workers' prints stay in Ray's session logs
+            logging_level=logging.WARNING,
+            include_dashboard=False,
+        )
+        if address is None:
+            with _quiet_auth_warning():
+                ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **common)
+            return
+        if num_cpus is not None or num_gpus is not None:
+            raise ConfigError(
+                "num_cpus", "num_cpus/num_gpus size a local cluster; an existing cluster has its own"
+            )
+        _use_token_auth_for_remote()
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as err:
+            raise ConfigError(
+                "address",
+                f"could not connect to the Ray cluster at {address!r} ({err}); if it uses token "
+                "authentication, provide its token in RAY_AUTH_TOKEN, a file named by "
+                "RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token, and leave RAY_AUTH_MODE unset or 'token'",
+            ) from err
+
+    def __enter__(self) -> "Dispatcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Drop the bookkeeping actor; stop Ray only if this dispatcher started the connection."""
+        if not ray.is_initialized():
+            return
+        with contextlib.suppress(RayError):
+            ray.kill(self._start_log)
+        if self._owns_ray:
+            ray.shutdown()
+
+    def capacity(self, resources: Resources) -> int:
+        """How many jobs asking for `resources` fit on the cluster's live nodes at once.
+
+        Counted node by node (a job cannot span nodes) from each node's total resources, so it
+        does not shrink while our own jobs run.
+        """
+        want = resources.as_units()
+        fits = 0
+        for node in ray.nodes():
+            if not node.get("Alive"):
+                continue
+            have = node.get("Resources", {})
+            fits += min(round(have.get(name, 0) * _UNITS) // units for name, units in want.items())
+        return fits
+
+    def _room(self, resources: Resources, max_in_flight: int | None) -> int:
+        if max_in_flight is not None:
+            return max_in_flight
+        now = time.monotonic()
+        cached = self._capacity_cache.get(resources)
+        if cached is None or now - cached[0] > _CAPACITY_TTL_S:
+            cached = self._capacity_cache[resources] = (now, self.capacity(resources))
+        return cached[1]
+
+    def _unfit(self, resources: Resources) -> ConfigError:
+        total = ray.cluster_resources()
+        field_name = "resources.num_gpus" if resources.num_gpus else "resources.num_cpus"
+        return ConfigError(
+            field_name,
+            f"no live node can run a job asking for {resources.num_cpus:g} CPU and "
+            f"{resources.num_gpus:g} GPU (cluster total: {total.get('CPU', 0):g} CPU, "
+            f"{total.get('GPU', 0):g} GPU)",
+        )
+
+    def run(
+        self,
+        jobs: Iterable[Job | None],
+        on_outcome: Callable[[Outcome], None],
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
+        """Run every job from `jobs`, calling `on_outcome` once per job as soon as it ends.
+
+        `jobs` is read lazily, one job at a time when there is room, so it may be a generator
+        that decides what to run next from the outcomes seen so far (ask/tell). Yielding None
+        means "nothing to submit until the next outcome"; it is then resumed after one arrives.
+        At most `max_in_flight` jobs run at once (default: `capacity()` of each job's resources,
+        re-read every few seconds; with mixed resources Ray queues any surplus).
+
+        On any exception, KeyboardInterrupt included (from a signal, `jobs` or `on_outcome`),
+        every job still running is force-cancelled before the exception propagates.
+        """
+        if max_in_flight is not None and (
+            not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1
+        ):
+            raise ConfigError("max_in_flight", f"must be a whole number >= 1; got {max_in_flight!r}")
+        source = iter(jobs)
+        running: dict[ray.ObjectRef, _Running] = {}
+        finished: list[int] = []  # serials the start log may forget
+        next_job: Job | None = None
+        exhausted = waiting = False
+        last_check = time.monotonic()
+        try:
+            while True:
+                while not exhausted and not (next_job is None and waiting):
+                    if next_job is None:
+                        try:
+                            next_job = next(source)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        if next_job is None:
+                            if not running:
+                                raise ConfigError(
+                                    "jobs",
+                                    "yielded None (wait for an outcome) while nothing runs: "
+                                    "it would wait forever",
+                                )
+                            waiting = True
+                            break
+                        self._check_new(next_job, running)
+                    if len(running) >= self._room(next_job.resources, max_in_flight):
+                        break
+                    ref, serial = self._submit(next_job)
+                    running[ref] = _Running(serial, next_job, time.monotonic())
+                    next_job = None
+                if not running:
+                    if next_job is None:
+                        return
+                    raise self._unfit(next_job.resources)
+
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=self.poll_interval_s)
+                if ready:  # drain everything already done, not just the first
+                    ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+                for ref in ready:
+                    run = running.pop(ref)
+                    finished.append(run.serial)
+                    on_outcome(self._collect(ref, run))
+                    waiting = False
+                if len(finished) >= 256:
+                    self._start_log.ages.remote([], finished[:])
+                    finished.clear()
+                if time.monotonic() - last_check >= self.poll_interval_s:
+                    last_check = time.monotonic()
+                    for outcome in self._enforce_limits(running, finished):
+                        on_outcome(outcome)
+                        waiting = False
+        except BaseException:
+            for ref in running:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+            raise
+        finally:
+            if finished:
+                with contextlib.suppress(Exception):
+                    self._start_log.ages.remote([], finished)
+
+    def _check_new(self, job: Any, running: dict[ray.ObjectRef, _Running]) -> None:
+        if not isinstance(job, Job):
+            raise ConfigError("jobs", f"must yield Job (or None to wait); got {type(job).__name__}")
+        if any(r.job.key == job.key for r in running.values()):
+            raise ConfigError(
+                "job.key", f"{job.key!r} is already running; keys must be unique among running jobs"
+            )
+        if self._room(job.resources, None) == 0:
+            raise self._unfit(job.resources)
+
+    def _submit(self, job: Job) -> tuple[ray.ObjectRef, int]:
+        self._serial += 1
+        task = _on_fresh_worker if job.resources.num_gpus else _on_reused_worker
+        ref = task.options(
+            name=job.key,
+            num_cpus=job.resources.num_cpus,
+            num_gpus=job.resources.num_gpus,
+            max_retries=self.max_retries,
+            retry_exceptions=False,  # the function's own exceptions are outcomes, never retried
+        ).remote(job.fn, job.arg, self._start_log, self._serial)
+        return ref, self._serial
+
+    def _collect(self, ref: ray.ObjectRef, run: _Running) -> Outcome:
+        try:
+            report: _Report = ray.get(ref)
+        except _LOST as err:
+            _, attempts, where = self._last_start(run)
+            error = f"worker died {attempts} times: {_one_line(err)}"
+            return self._failed(run, where, error, "lost", attempts, err)
+        except RayTaskError as err:  # raised outside the function, e.g. its value would not pickle
+            _, attempts, where = self._last_start(run)
+            cause = getattr(err, "cause", None) or err
+            return self._failed(run, where, _one_line(cause), "error", attempts, err)
+        except RayError as err:
+            _, attempts, where = self._last_start(run)
+            return self._failed(run, where, _one_line(err), "error", attempts, err)
+        return Outcome(
+            key=run.job.key,
+            value=report.value,
+            error=report.error,
+            failure=None if report.error is None else "error",
+            node=report.where.node,
+            node_id=report.where.node_id,
+            gpu_ids=report.where.gpu_ids,
+            wall_time_s=report.wall_time_s,
+            attempts=report.attempt,
+            traceback=report.traceback,
+        )
+
+    def _failed(
+        self, run: _Running, where: _Where, error: str, failure: Failure, attempts: int, err: BaseException
+    ) -> Outcome:
+        return Outcome(
+            key=run.job.key,
+            value=None,
+            error=error,
+            failure=failure,
+            node=where.node,
+            node_id=where.node_id,
+            gpu_ids=where.gpu_ids,
+            wall_time_s=time.monotonic() - run.submitted,
+            attempts=attempts,
+            traceback="".join(traceback.format_exception_only(err)),
+        )
+
+    def _last_start(self, run: _Running) -> tuple[float, int, _Where]:
+        try:
+            found = ray.get(self._start_log.ages.remote([run.serial], []))
+        except RayError:
+            found = {}
+        return found.get(run.serial, (time.monotonic() - run.submitted, 0, _Where("", "", [])))
+
+    def _enforce_limits(self, running: dict[ray.ObjectRef, _Running], finished: list[int]) -> list[Outcome]:
+        limited = {ref: run for ref, run in running.items() if run.job.time_limit_s is not None}
+        if not limited:
+            return []
+        try:
+            ages = ray.get(self._start_log.ages.remote([r.serial for r in limited.values()], finished))
+            finished.clear()
+        except RayError:  # without the start log, count from submission: an upper bound on run time
+            now = time.monotonic()
+            ages = {r.serial: (now - r.submitted, 0, _Where("", "", [])) for r in limited.values()}
+        outcomes = []
+        for ref, run in limited.items():
+            if run.serial not in ages:
+                continue  # still queued: its clock has not started
+            age, attempts, where = ages[run.serial]
+            limit = run.job.time_limit_s
+            assert limit is not None
+            if age <= limit:
+                continue
+            if ray.wait([ref], timeout=0)[0]:
+                continue  # it finished just now; the next wait collects its real result
+            ray.cancel(ref, force=True)
+            del running[ref]
+            finished.append(run.serial)
+            outcomes.append(
+                Outcome(
+                    key=run.job.key,
+                    value=None,
+                    error=f"timed out after {limit:g} s",
+                    failure="timeout",
+                    node=where.node,
+                    node_id=where.node_id,
+                    gpu_ids=where.gpu_ids,
+                    wall_time_s=age,
+                    attempts=attempts,
+                )
+            )
+        return outcomes

@@ -192,4 +192,5 @@ class TrialResult:
     def summary(self) -> dict[str, Any]:
         """The scalar fields (no curves), for printing and for the ledger's trial row."""
         curves = {"train_steps", "train_loss", "val_steps", "val_loss"}
-        return {k: v for k, v in self.to_dict().items() if k not in curves}
+        # not asdict(): it would deep-copy the curves only to drop them
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in curves}

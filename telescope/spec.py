@@ -28,6 +28,7 @@ from typing import Any
 import tomli_w
 
 from telescope.config import TrialConfig
+from telescope.dispatch import Resources  # what one trial asks Ray for
 from telescope.errors import ConfigError
 from telescope.telescoping import Axis, levels
 
@@ -60,14 +61,6 @@ TOP_LEVEL_KEYS = (
     "sampler", "model", "training", "axes", "resources",
 )
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one trial asks Ray for."""
-
-    num_cpus: float = 1
-    num_gpus: float = 0
 
 
 @dataclass(frozen=True)

@@ -481,6 +481,7 @@ class Step:
     grid: LevelGrid
     points: tuple[dict[str, float], ...]
     note: str
+    completed: tuple["LevelResult", ...] = ()  # the levels finished before this step
 
 
 @dataclass(frozen=True)
@@ -535,7 +536,7 @@ def telescope(
                 f"centred on {_fmt(results[-1].optimum.point)}"
             )
         notes = [note]
-        observations = list((yield Step(level, grid.width, grid, tuple(grid.points()), note)))
+        observations = list((yield Step(level, grid.width, grid, tuple(grid.points()), note, tuple(results))))
         optimum = find_optimum(grid, observations)
         widenings = 0
         while level == 0 and widenings < max_widenings and any(optimum.on_edge.values()):
@@ -544,7 +545,7 @@ def telescope(
             new = added_points(grid, wider)
             if not new:
                 break
-            observations += (yield Step(level, grid.width, wider, tuple(new), notes[-1]))
+            observations += (yield Step(level, grid.width, wider, tuple(new), notes[-1], tuple(results)))
             grid, widenings = wider, widenings + 1
             optimum = find_optimum(grid, observations)
         for g in grid.axes:

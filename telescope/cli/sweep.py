@@ -1,0 +1,115 @@
+"""`telescope plan | run | resume | status | export`: the sweep commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from telescope.errors import ConfigError
+
+_ADDRESS_HELP = (
+    "Ray cluster to join ('auto', 'HOST:PORT' or 'ray://HOST:PORT'); "
+    "default: start a private local Ray on this machine"
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("plan", help="levels, trials and FLOPs of a sweep before anything runs")
+    p.add_argument("spec", help="sweep spec (TOML), e.g. sweeps/demo.toml")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.set_defaults(func=cmd_plan)
+
+    p = subparsers.add_parser("run", help="run a telescoping sweep, recording every trial in DIR")
+    p.add_argument("spec", help="sweep spec (TOML), e.g. sweeps/demo.toml")
+    p.add_argument("--out", required=True, metavar="DIR", help="sweep directory (ledger, spec copy)")
+    _add_ray_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser("resume", help="finish an interrupted sweep from its directory")
+    p.add_argument("dir", metavar="DIR")
+    _add_ray_args(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = subparsers.add_parser("status", help="where a sweep stands: per level done/failed/diverged, optimum")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser("export", help="the transferred hyperparameters for the width you will train")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--width", type=int, help="width to export for (default: the spec's target_width)")
+    p.add_argument("--format", default="json", choices=("json", "yaml", "toml"))
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument("--extrapolate", action="store_true",
+                   help="also fit the optimum's drift x*(n) = x_inf - alpha/n over the levels and predict x*(width)")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help=_ADDRESS_HELP)
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all); ignored with --address")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from telescope.plan import format_plan, plan
+    from telescope.spec import load_spec
+
+    p = plan(load_spec(args.spec))
+    print(json.dumps(p.to_dict(), indent=2) if args.json else format_plan(p))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from telescope.controller import run_sweep
+
+    state = run_sweep(args.spec, args.out, **_ray_kwargs(args))
+    return _report(state, Path(args.out))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from telescope.controller import resume_sweep
+
+    state = resume_sweep(args.dir, **_ray_kwargs(args))
+    return _report(state, Path(args.dir))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from telescope.status import format_status, sweep_status
+
+    status = sweep_status(args.dir)
+    print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from telescope.export import export, render
+    from telescope.ledger import atomic_write
+
+    if args.width is not None and args.width <= 0:
+        raise ConfigError("--width", f"must be a positive width; got {args.width}")
+    text = render(export(args.dir, width=args.width, extrapolate=args.extrapolate), args.format)
+    if args.output:
+        atomic_write(args.output, text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _ray_kwargs(args: argparse.Namespace) -> dict:
+    from telescope.progress import Progress
+
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ConfigError("--num-cpus", f"must be a positive number of CPUs; got {args.num_cpus}")
+    return {"address": args.address, "num_cpus": args.num_cpus, "progress": Progress(quiet=args.quiet)}
+
+
+def _report(state, out: Path) -> int:
+    opt = state.optimum
+    point = ", ".join(f"{k}={v:.4g}" for k, v in opt.point.items())
+    print(f"sweep complete: optimum at width {state.levels[-1].width}: {point} (loss {opt.loss:.4f})")
+    print(f"ledger: {out / 'trials.parquet'}; next: telescope export {out} [--width W]")
+    return 0

@@ -1,0 +1,84 @@
+"""`telescope status`: where a sweep stands, derived from its directory alone.
+
+Finished levels come from the replay (telescope.replay), the level in progress from its pending
+step, and the levels not reached yet from the plan (their grids depend on optima not known yet).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from telescope.controller import sweep_state
+from telescope.ledger import lock_holder
+from telescope.plan import plan
+from telescope.replay import row_loss
+
+
+def sweep_status(out: str | Path) -> dict[str, Any]:
+    spec, ledger, state = sweep_state(out)
+    trials = ledger.trials()
+    planned = plan(spec)
+    levels: list[dict[str, Any]] = []
+    for lp in planned.levels:
+        rows = trials[trials["level"] == lp.level] if len(trials) else trials
+        counts = rows["status"].value_counts().to_dict() if len(rows) else {}
+        losses = [row_loss(r) for r in rows.to_dict("records")]
+        best = min(losses, default=math.inf)
+        entry: dict[str, Any] = {
+            "level": lp.level, "width": lp.width, "sampler": lp.sampler, "grid": lp.grid,
+            "planned_trials": lp.trials, "recorded": int(len(rows)),
+            "completed": int(counts.get("completed", 0)), "diverged": int(counts.get("diverged", 0)),
+            "failed": int(counts.get("failed", 0)),
+            "best_loss": best if math.isfinite(best) else None,
+            "flops": float(rows["flops"].sum()) if len(rows) else 0.0,
+        }
+        if lp.level < len(state.levels):
+            done = state.levels[lp.level]
+            entry |= {"state": "done", "grid": done.grid.shape, "optimum": dict(done.optimum.point),
+                      "optimum_loss": done.optimum.loss, "notes": list(done.notes)}
+        elif state.pending is not None and state.pending.level == lp.level:
+            p = state.pending
+            entry |= {"state": "running" if lock_holder(out) else "waiting", "grid": p.step.grid.shape,
+                      "trials": p.budget_points * len(spec.seeds)
+                      if p.sampler != "grid" else len(p.recorded) + len(p.missing)}
+        else:
+            entry["state"] = "not started"
+        levels.append(entry)
+    return {
+        "sweep": spec.name, "directory": str(out), "complete": state.complete, "stopped": state.stopped,
+        "controller": lock_holder(out),
+        "levels": levels,
+        "trials_recorded": int(len(trials)),
+        "flops_spent": float(trials["flops"].sum()) if len(trials) else 0.0,
+        "wall_time_s": float(trials["wall_time_s"].sum()) if len(trials) else 0.0,
+        "optimum": dict(state.optimum.point) if state.optimum else None,
+        "optimum_width": state.levels[-1].width if state.levels else None,
+    }
+
+
+def format_status(status: dict[str, Any]) -> str:
+    head = ("complete" if status["complete"] else "in progress" if status["controller"]
+            else "stopped" if status["stopped"] else "interrupted")
+    lines = [f"sweep {status['sweep']!r} in {status['directory']}: {head}"]
+    if status["stopped"]:
+        lines.append(f"  stopped: {status['stopped']}")
+    if status["controller"]:
+        lines.append(f"  controller: {status['controller']}")
+    for lv in status["levels"]:
+        best = "-" if lv["best_loss"] is None else f"{lv['best_loss']:.4f}"
+        lines.append(
+            f"  level {lv['level']}  width {lv['width']:>5}  {lv['grid']:>5} {lv['sampler']:<6} {lv['state']:<11} "
+            f"{lv['recorded']:>4} recorded ({lv['completed']} completed, {lv['diverged']} diverged, "
+            f"{lv['failed']} failed)  best {best}"
+        )
+        if "optimum" in lv:
+            point = ", ".join(f"{k}={v:.4g}" for k, v in lv["optimum"].items())
+            lines.append(f"           optimum {point} (loss {lv['optimum_loss']:.4f})")
+    lines.append(f"  {status['trials_recorded']} trials, {status['flops_spent']:.3g} FLOPs, "
+                 f"{status['wall_time_s']:.0f} s of trial time")
+    if status["optimum"]:
+        point = ", ".join(f"{k}={v:.4g}" for k, v in status["optimum"].items())
+        lines.append(f"  current optimum (width {status['optimum_width']}): {point}")
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""Real telescoping sweeps on a real local Ray: run, re-run, kill and resume, lock, export."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweep_helpers import (
+    ROOT, committed_parts, raw_trials, run_cli, start_and_kill, telescope_cmd, tree_digest, write_spec,
+)
+from telescope.controller import run_sweep, resume_sweep, sweep_state
+from telescope.export import export
+from telescope.ledger import Ledger
+from telescope.progress import Progress
+from telescope.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted 3-level sweep (16 -> 32 -> 64), the yardstick for resume."""
+    tmp = tmp_path_factory.mktemp("reference")
+    spec = write_spec(tmp, calibration_width=64)
+    out = tmp / "out"
+    result = run_cli("run", str(spec), "--out", str(out), "--num-cpus", "2")
+    assert result.returncode == 0, result.stderr
+    return spec, out, result
+
+
+def test_sweep_runs_every_level_and_records_every_trial(reference):
+    spec_path, out, result = reference
+    spec = load_spec(spec_path)
+    assert "sweep complete" in result.stdout
+    assert "level 2" in result.stderr  # the progress display showed every level
+    trials = Ledger(out).trials()
+    raw = raw_trials(out)
+    assert len(raw) == len(trials) == trials["trial_id"].nunique()  # exactly one row per trial
+    assert sorted(trials["level"].unique()) == [0, 1, 2]
+    assert dict(trials.groupby("level")["width"].first()) == {0: 16, 1: 32, 2: 64}
+    for column in ("trial_id", "level", "width", "seed", "status", "final_loss", "lr", "init_std",
+                   "tokens", "flops", "wall_time_s", "node", "device"):
+        assert column in trials.columns, column
+    done = trials[trials["status"] == "completed"]
+    assert len(done) > 0 and done["final_loss"].map(math.isfinite).all()
+    assert (done["tokens"] == 10 * 8 * 32).all() and (done["device"] == "cpu").all()
+    assert (trials["node"] != "").all()
+    # the curves of every trial, train loss every step and validation loss where measured
+    curves = pd.read_parquet(out / "curves.parquet")
+    assert set(curves["trial_id"]) == set(trials["trial_id"])
+    one = curves[curves["trial_id"] == done["trial_id"].iloc[0]]
+    assert one["train_loss"].notna().sum() == 10 and one["val_loss"].notna().sum() >= 2
+    # the spec is kept beside the ledger; levels 1 and 2 are 3x3 grids centred on the last optimum
+    assert (out / "spec.toml").read_text() == spec_path.read_text()
+    _, _, state = sweep_state(out)
+    assert state.complete and len(state.levels) == spec.n_levels == 3
+    for prev, level in zip(state.levels, state.levels[1:]):
+        assert level.grid.shape == "3x3"
+        for name in ("lr", "init_std"):
+            assert level.grid.centre(name) == pytest.approx(math.log(prev.optimum.point[name]))
+            assert level.grid.spacing(name) == pytest.approx(prev.grid.spacing(name) / 2)
+
+
+def test_rerunning_a_finished_sweep_is_a_no_op(reference, tmp_path):
+    spec_path, out, _ = reference
+    before = tree_digest(out / "trials.parquet")
+    state = run_sweep(spec_path, out, num_cpus=2, progress=Progress(quiet=True))
+    assert state.complete
+    assert tree_digest(out / "trials.parquet") == before
+
+
+@pytest.mark.parametrize("after_parts", [1, 6, 11])
+def test_sigkill_then_resume_finishes_with_the_same_result(reference, tmp_path, after_parts):
+    """Kill the controller during level 0, at its end, and during level 1; resume; compare."""
+    ref_spec, ref_out, _ = reference
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(ref_spec.read_text())
+    out = tmp_path / "out"
+    start_and_kill(spec, out, after_parts)
+    before = raw_trials(out)
+    assert len(before) >= after_parts
+    result = run_cli("resume", str(out), "--num-cpus", "2")
+    assert result.returncode == 0, result.stderr
+    after = raw_trials(out)
+    # nothing that finished before the kill ran again: its row is untouched and still the only one
+    assert after["trial_id"].is_unique
+    kept = after.set_index("trial_id").loc[before["trial_id"], "finished_at"]
+    assert kept.tolist() == before["finished_at"].tolist()
+    reference_trials = Ledger(ref_out).trials().set_index("trial_id")
+    assert set(after["trial_id"]) == set(reference_trials.index)
+    np.testing.assert_array_equal(
+        after.set_index("trial_id").loc[reference_trials.index, "final_loss"].values,
+        reference_trials["final_loss"].values,
+    )
+    assert export(out, extrapolate=True) | {"complete": None} == export(ref_out, extrapolate=True) | {"complete": None}
+
+
+def test_a_second_controller_on_the_same_directory_is_refused(tmp_path):
+    spec = write_spec(tmp_path, steps=40)
+    out = tmp_path / "out"
+    first = subprocess.Popen(telescope_cmd("run", str(spec), "--out", str(out), "--num-cpus", "1", "--quiet"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "sweep.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = run_cli("run", str(spec), "--out", str(out), timeout=60)
+        assert second.returncode == 2
+        assert "in use by another telescope controller" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
+        status = run_cli("status", str(out), "--json", timeout=60)
+        assert json.loads(status.stdout)["controller"].startswith(f"pid {first.pid} ")
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_optuna_level_spends_the_same_budget_inside_the_narrowed_box(tmp_path):
+    spec = write_spec(tmp_path, sampler='["grid", "tpe"]')
+    out = tmp_path / "out"
+    state = run_sweep(spec, out, num_cpus=2, progress=Progress(quiet=True))
+    assert state.complete
+    trials = Ledger(out).trials()
+    level1 = trials[trials["level"] == 1]
+    assert len(level1) == 9 and level1["sampler_trial"].notna().all()
+    assert sorted(level1["sampler_trial"].astype(int)) == list(range(9))
+    box = state.levels[1].grid.box()
+    for name, (lo, hi) in box.items():
+        assert level1[name].between(lo * (1 - 1e-12), hi * (1 + 1e-12)).all()
+    assert (out / "optuna.journal").stat().st_size > 0
+    assert state.levels[1].optimum.method == "sample"
+    # resuming a finished Optuna level asks for nothing more
+    assert resume_sweep(out, num_cpus=2, progress=Progress(quiet=True)).complete
+    assert len(Ledger(out).trials()) == len(trials)
+
+
+def test_trials_past_their_time_limit_are_recorded_as_failed_and_the_sweep_stops_clearly(tmp_path):
+    """Every trial hangs past its limit: each is cancelled and recorded as failed with the reason,
+    the level runs to its end, and the sweep stops with one clear line; status still reads it."""
+    spec = write_spec(tmp_path, steps=100000, resources="time_limit_s = 1.5")
+    out = tmp_path / "out"
+    result = run_cli("run", str(spec), "--out", str(out), "--num-cpus", "2", "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert "every trial at level 0" in result.stderr and "Traceback" not in result.stderr
+    trials = Ledger(out).trials()
+    assert len(trials) == 9 and (trials["status"] == "failed").all()
+    assert trials["error"].str.contains("timed out").all()
+    assert (trials["wall_time_s"] < 10).all()
+    status = json.loads(run_cli("status", str(out), "--json").stdout)
+    assert not status["complete"] and "diverged or failed" in status["stopped"]

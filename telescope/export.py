@@ -19,7 +19,7 @@ import yaml
 
 from telescope.controller import sweep_state
 from telescope.errors import ConfigError
-from telescope.fits import InsufficientDataError, fit_drift
+from telescope.fits import DriftFit, InsufficientDataError, fit_drift
 from telescope.scaling import scaling_for
 from telescope.spec import SweepSpec
 from telescope.telescoping import LevelResult
@@ -106,34 +106,43 @@ def _groups(spec: SweepSpec, width: int, base: dict[str, float]) -> dict[str, An
     }
 
 
-def _extrapolate(spec: SweepSpec, levels: list[LevelResult], width: int) -> dict[str, Any]:
-    """Fit x*(n) = x_inf - alpha/n per axis over the levels' optima (in the axis's scale space).
+def optimum_sigma(level: LevelResult, name: str) -> float:
+    """An optimum's uncertainty in scale space: half its level's grid spacing. The grid cannot
+    place the optimum more finely than that, and it keeps a two-level fit from claiming to be exact."""
+    return level.grid.spacing(name) / 2
 
-    Each optimum's uncertainty is half its level's grid spacing: the grid cannot place the optimum
-    more finely than that, and it keeps a two-level fit from claiming to be exact.
-    """
-    axes = {a.name: a for a in spec.axes}
+
+def drift_fits(spec: SweepSpec, levels: list[LevelResult]) -> dict[str, DriftFit | str]:
+    """x*(n) = x_inf - alpha/n per axis over the levels' optima, in each axis's scale space;
+    a message instead of a fit where the levels are too few."""
+    fits: dict[str, DriftFit | str] = {}
+    for axis in spec.axes:
+        try:
+            fits[axis.name] = fit_drift(
+                [lvl.width for lvl in levels], [float(lvl.optimum.point[axis.name]) for lvl in levels],
+                scale=axis.scale, sigma=[optimum_sigma(lvl, axis.name) for lvl in levels],
+            )
+        except InsufficientDataError as err:
+            fits[axis.name] = err.message
+    return fits
+
+
+def _extrapolate(spec: SweepSpec, levels: list[LevelResult], width: int) -> dict[str, Any]:
     result: dict[str, Any] = {"model": "x*(n) = x_inf - alpha/n, fitted in each axis's scale (log: ln x)"}
     values: dict[str, float] = {}
-    for name, axis in axes.items():
-        widths = [lvl.width for lvl in levels]
-        optima = [float(lvl.optimum.point[name]) for lvl in levels]
-        sigma = [lvl.grid.spacing(name) / 2 for lvl in levels]
-        try:
-            fit = fit_drift(widths, optima, scale=axis.scale, sigma=sigma)
-        except InsufficientDataError as err:
-            result[name] = {"error": err.message}
+    for name, fit in drift_fits(spec, levels).items():
+        if isinstance(fit, str):
+            result[name] = {"error": fit}
             continue
         at = fit.predict(width)
         lo, hi = at.interval(1.0)
-        inf = fit.predict(math.inf)
         values[name] = at.value
         result[name] = {
             "value": at.value, "band_1sigma": [lo, hi], "stderr_scale_space": at.stderr,
-            "x_inf": inf.value, "alpha": fit.alpha, "alpha_stderr": fit.alpha_stderr,
+            "x_inf": fit.predict(math.inf).value, "alpha": fit.alpha, "alpha_stderr": fit.alpha_stderr,
             "uncertainty_source": fit.uncertainty_source, "n_levels": fit.n_points,
         }
-    if len(values) == len(axes):
+    if len(values) == len(spec.axes):
         result["at_width"] = _groups(spec, width, values)
     return result
 

@@ -1,0 +1,130 @@
+"""`telescope report DIR -o OUTDIR`: what a sweep found and what it cost, as PNG figures and a
+markdown file that embeds them beside the numbers behind them.
+
+Everything comes from the sweep directory alone, through the modules that own each answer: the
+levels, grids and optima from replaying the rule against the ledger (controller.sweep_state),
+spend from the ledger's `flops` column, the final run's and brute force's cost from the plan
+(telescope.plan), the drift and loss-vs-width laws from telescope.fits. An unfinished sweep
+reports what exists: its finished levels and the pending level's partial grid.
+
+    data = make_report("runs/demo", "runs/demo-report")  # writes report.md and the figures
+    data.levels[-1].optimum, data.drift["lr"].alpha, data.compute.final_share
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from telescope.config import TrialConfig
+from telescope.controller import sweep_state
+from telescope.errors import ConfigError
+from telescope.ledger import atomic_write
+from telescope.plan import plan
+from telescope.replay import SweepState
+from telescope.report.figures import (
+    plot_compute, plot_drift, plot_level_grid, plot_loss_vs_width, plot_transfer,
+)
+from telescope.report.markdown import render_markdown
+from telescope.report.numbers import (
+    REPORT_FILE, BruteForceSaving, Compute, LevelSummary, ReportData, compute_summary, drift_fits,
+    level_summaries, loss_fit, optimum_sigma, point_losses,
+)
+from telescope.spec import SweepSpec
+
+__all__ = [
+    "REPORT_FILE", "BruteForceSaving", "Compute", "LevelSummary", "ReportData", "make_report",
+    "optimum_sigma", "point_losses",
+]
+COORDCHECK_STEPS = 3  # the report's coordinate check is a quick picture, not the full study
+
+
+def make_report(directory: str | Path, outdir: str | Path, *, axes: Sequence[str] | None = None,
+                coordcheck: bool = True) -> ReportData:
+    """Write OUTDIR/report.md and its figures for the sweep in `directory`; return the numbers.
+
+    `axes`: the two axes of the per-level grid pictures (default: the spec's first two).
+    `coordcheck`: also run a seconds-long Muon coordinate check (telescope.coordcheck) at small
+    widths, when that module is available.
+    """
+    spec, ledger, state = sweep_state(directory)
+    pair = _heatmap_axes(spec, axes)
+    outdir = _prepare_outdir(Path(directory), Path(outdir))
+    trials = ledger.trials()
+    points = point_losses(trials, spec.axis_names)
+    data = ReportData(
+        sweep=spec.name, directory=Path(directory), outdir=outdir, complete=state.complete,
+        stopped=state.stopped, target_width=spec.target_width,
+        levels=level_summaries(spec, state, trials, points),
+        drift=drift_fits(spec, state.levels), loss_fit=loss_fit(state.levels),
+        compute=compute_summary(plan(spec), trials),
+    )
+    if points.empty:
+        data.notes.append("no trial is recorded yet, so there is nothing to plot but the compute plan")
+    else:
+        data.figures["transfer"] = plot_transfer(spec, state, points, outdir / "transfer.png")
+        for summary in data.levels:
+            path = outdir / f"grid_level{summary.level}.png"
+            data.figures[f"grid_level{summary.level}"] = plot_level_grid(spec, state, points, summary, pair, path)
+    if state.levels:
+        data.figures["drift"] = plot_drift(spec, state.levels, data.drift, outdir / "drift.png")
+        data.figures["loss_vs_width"] = plot_loss_vs_width(data, outdir / "loss_vs_width.png")
+    data.figures["compute"] = plot_compute(data, outdir / "compute.png")
+    if coordcheck:
+        _coordcheck(spec, state, outdir / "coordcheck.png", data)
+    else:
+        data.notes.append("coordinate check: skipped (--no-coordcheck)")
+    atomic_write(data.markdown, render_markdown(spec, state, data))
+    return data
+
+
+def _heatmap_axes(spec: SweepSpec, axes: Sequence[str] | None) -> tuple[str, str | None]:
+    names = spec.axis_names
+    chosen = list(axes) if axes else list(names[:2])
+    unknown = [a for a in chosen if a not in names]
+    if unknown or len(set(chosen)) != len(chosen) or len(chosen) > 2:
+        raise ConfigError("--axes", f"must name one or two distinct swept axes ({', '.join(names)}); "
+                                    f"got {', '.join(chosen)}")
+    return chosen[0], chosen[1] if len(chosen) > 1 else None
+
+
+def _prepare_outdir(directory: Path, outdir: Path) -> Path:
+    if outdir.resolve() == directory.resolve():
+        raise ConfigError(str(outdir), "is the sweep directory itself; give the report its own directory")
+    if outdir.exists() and not outdir.is_dir():
+        raise ConfigError(str(outdir), "exists and is not a directory; give a directory for the report")
+    outdir.mkdir(parents=True, exist_ok=True)
+    return outdir
+
+
+def coordcheck_setup(spec: SweepSpec, state: SweepState,
+                     defaults: Mapping[str, Any]) -> tuple[TrialConfig, tuple[int, ...]]:
+    """The sweep's own model, optimizer and data at the coordinate check's small shape, at the
+    optimum found so far: widths of 2, 4 and 8 heads, so the check takes seconds. One torch
+    thread: matrices this small gain nothing from more, and on a busy machine a thread pool
+    spends its time waiting (10x slower here)."""
+    point = dict(state.optimum.point) if state.optimum else {}
+    w0 = 2 * spec.fixed.head_dim
+    shape = {k: defaults[k] for k in ("depth", "seq_len", "batch_size")}
+    cfg = spec.fixed.replace(width=w0, base_width=w0, num_threads=1, **shape, **point)
+    return cfg, (w0, 2 * w0, 4 * w0)
+
+
+def _coordcheck(spec: SweepSpec, state: SweepState, path: Path, data: ReportData) -> None:
+    """Run the coordinate check if telescope.coordcheck exists; a report never fails for it."""
+    try:
+        from telescope import coordcheck
+    except ImportError as err:
+        data.notes.append(f"coordinate check: unavailable (telescope.coordcheck cannot be imported: {err})")
+        return
+    try:
+        cfg, widths = coordcheck_setup(spec, state, coordcheck.DEFAULTS)
+        rules = ("adam-mup", "spectral") if cfg.optimizer == "muon" else None
+        check = coordcheck.coord_check(cfg, widths=widths, steps=COORDCHECK_STEPS, seeds=1,
+                                       parameterizations=("mup", "sp"), hidden_lr_rules=rules)
+        coordcheck.plot(check, str(path))
+    except Exception as err:  # an optional figure: say what went wrong instead of losing the report
+        data.notes.append(f"coordinate check: failed ({type(err).__name__}: {err})")
+        return
+    data.figures["coordcheck"] = path

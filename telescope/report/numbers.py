@@ -1,0 +1,172 @@
+"""The numbers of a sweep report, from the sweep directory's ledger and replayed state.
+
+Each number comes from the module that owns it: levels, grids and optima from replaying the rule
+(controller.sweep_state), spend from the ledger's `flops` column, the final run's and brute
+force's price from telescope.plan, the drift and loss-vs-width laws from telescope.fits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from telescope.fits import DriftFit, InsufficientDataError, PowerLawFit, fit_drift, fit_power_law
+from telescope.plan import Plan
+from telescope.replay import SweepState, row_loss
+from telescope.spec import SweepSpec
+from telescope.telescoping import LevelGrid, LevelResult
+
+from telescope.export import drift_fits, optimum_sigma  # noqa: F401  (re-exported for the notebook)
+
+REPORT_FILE = "report.md"
+# What arXiv 2505.02222 reports, quoted beside this sweep's own numbers.
+PAPER_LOSS_ALPHA = 0.31
+PAPER_SAVINGS = "savings against a brute-force grid at full width \"typically higher than 50%\""
+PAPER_FINAL_SHARE = (0.20, 0.99)
+
+
+@dataclass(frozen=True)
+class LevelSummary:
+    """One level as the report tables show it; every number recomputable from the ledger."""
+
+    level: int
+    width: int
+    grid: str  # "5x5", "-" where the grid is unknown (a stopped level)
+    state: str  # "done" | "partial" (the pending level) | "stopped"
+    trials: int  # recorded
+    completed: int
+    diverged: int
+    failed: int
+    flops: float  # spent at this level, from the ledger
+    cumulative_flops: float
+    best_loss: float | None  # done: the optimum's loss; otherwise the best full point so far
+    optimum: dict[str, float] | None  # done levels only: the refined optimum
+    method: str | None
+
+
+@dataclass(frozen=True)
+class BruteForceSaving:
+    grid_kind: str  # "base resolution" | "finest spacing" (see telescope.plan)
+    width: int
+    grid: str
+    trials: int
+    flops: float
+    savings: float  # 1 - FLOPs actually spent / brute force's
+    planned_savings: float  # the plan's estimate, from planned FLOPs
+
+
+@dataclass(frozen=True)
+class Compute:
+    sweep_flops: float  # spent so far, summed from the ledger
+    planned_flops: float  # the plan's estimate for the whole sweep, widening excluded
+    planned_level_flops: tuple[float, ...]  # the plan's estimate per level
+    final_run_flops: float  # one run at the target width with the spec's steps
+    final_share: float  # final / (sweep + final)
+    brute_force: tuple[BruteForceSaving, ...]
+
+
+@dataclass
+class ReportData:
+    """What `make_report` wrote and the numbers behind it; `figures` maps a name to its PNG."""
+
+    sweep: str
+    directory: Path
+    outdir: Path
+    complete: bool
+    stopped: str | None
+    target_width: int
+    levels: list[LevelSummary]
+    drift: dict[str, DriftFit | str]  # per axis: the fit, or why there is none
+    loss_fit: PowerLawFit | str
+    compute: Compute
+    figures: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the report could not show, and why
+
+    @property
+    def markdown(self) -> Path:
+        return self.outdir / REPORT_FILE
+
+
+def point_losses(trials: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
+    """One row per (level, point): `loss` is the mean final loss over seeds as the rule ranks it
+    (replay.row_loss: a diverged or failed seed makes the point infinitely bad), `seeds` how many
+    seeds are recorded, `status` the worst one (failed, then diverged, then completed)."""
+    columns = ["level", "width", *axes, "loss", "seeds", "status"]
+    if trials.empty:
+        return pd.DataFrame(columns=columns)
+    ranked = trials.assign(loss=[row_loss(r) for r in trials.to_dict("records")])
+    grouped = ranked.groupby(["level", "width", *axes], sort=True)
+    table = grouped.agg(loss=("loss", "mean"), seeds=("seed", "nunique"), status=("status", _worst))
+    return table.reset_index()[columns]
+
+
+def _worst(statuses: pd.Series) -> str:
+    present = set(statuses)
+    return next((s for s in ("failed", "diverged") if s in present), "completed")
+
+
+def level_summaries(spec: SweepSpec, state: SweepState, trials: pd.DataFrame,
+                    points: pd.DataFrame) -> list[LevelSummary]:
+    seen = set(trials["level"].astype(int)) | set(range(len(state.levels)))
+    if state.pending is not None:
+        seen.add(state.pending.level)
+    rows, cumulative = [], 0.0
+    for level in sorted(seen):
+        at = trials[trials["level"] == level]
+        counts = at["status"].value_counts()
+        flops = float(at["flops"].sum())
+        cumulative += flops
+        grid, done = level_grid(state, level), level < len(state.levels)
+        optimum = state.levels[level].optimum if done else None
+        rows.append(LevelSummary(
+            level=level, width=spec.widths[level], grid=grid.shape if grid is not None else "-",
+            state="done" if done else "partial" if grid is not None else "stopped",
+            trials=len(at), completed=int(counts.get("completed", 0)),
+            diverged=int(counts.get("diverged", 0)), failed=int(counts.get("failed", 0)),
+            flops=flops, cumulative_flops=cumulative,
+            best_loss=optimum.loss if optimum else _best_so_far(points, level, len(spec.seeds)),
+            optimum={k: float(v) for k, v in optimum.point.items()} if optimum else None,
+            method=optimum.method if optimum else None,
+        ))
+    return rows
+
+
+def _best_so_far(points: pd.DataFrame, level: int, n_seeds: int) -> float | None:
+    """The pending level's best point among those with every seed recorded (a partial mean
+    would rank a point on fewer seeds than the rule will)."""
+    full = points[(points["level"] == level) & (points["seeds"] >= n_seeds)]["loss"]
+    best = float(full.min()) if len(full) else math.inf
+    return best if math.isfinite(best) else None
+
+
+def level_grid(state: SweepState, level: int) -> LevelGrid | None:
+    """A level's grid: the finished level's (after widening), or the pending step's."""
+    if level < len(state.levels):
+        return state.levels[level].grid
+    if state.pending is not None and state.pending.level == level:
+        return state.pending.step.grid
+    return None  # a level the rule stopped at keeps no grid in the state
+
+
+def loss_fit(levels: Sequence[LevelResult]) -> PowerLawFit | str:
+    """L(n) = A n^-alpha + E over the finished levels' best losses."""
+    try:
+        return fit_power_law([lv.width for lv in levels], [lv.optimum.loss for lv in levels])
+    except InsufficientDataError as err:
+        return err.message
+
+
+def compute_summary(planned: Plan, trials: pd.DataFrame) -> Compute:
+    """The plan's prices for the final run and for brute force, set against what was spent."""
+    spent = float(trials["flops"].sum()) if len(trials) else 0.0
+    final = planned.final_run_flops
+    brute = tuple(
+        BruteForceSaving(b.grid_kind, b.width, b.grid, b.trials, b.flops, 1 - spent / b.flops, b.savings)
+        for b in planned.brute_force
+    )
+    return Compute(spent, planned.flops, tuple(lv.flops for lv in planned.levels), final,
+                   final / (spent + final), brute)

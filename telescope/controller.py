@@ -19,7 +19,7 @@ from typing import Any
 from telescope.config import TrialResult
 from telescope.errors import ConfigError
 from telescope.dispatch import Dispatcher, Job, Outcome
-from telescope.ledger import Ledger, SweepLock, load_sweep_dir, open_sweep_dir, trial_record
+from telescope.ledger import Ledger, SweepLock, TrialRecord, load_sweep_dir, open_sweep_dir, trial_record
 from telescope.progress import Progress
 from telescope.replay import PendingStep, PlannedTrial, SweepState, plan_trial, replay, row_loss
 from telescope.samplers import LevelStudy
@@ -142,14 +142,9 @@ class _Recorder:
 
     def record(self, outcome: Outcome) -> None:
         t = self.in_flight.pop(outcome.key)
-        result = outcome.value if outcome.ok else _failed(outcome)
-        record = trial_record(
-            t.trial_id, result, axes=t.point,
-            columns={
-                "level": t.level, "width": t.config.width, "seed": t.seed,
-                "node": outcome.node, "gpu_ids": ",".join(outcome.gpu_ids), "attempt": max(outcome.attempts, 1),
-                "sampler_trial": t.sampler_trial,
-            },
+        record = outcome_record(
+            t.trial_id, outcome, axes=t.point,
+            columns={"level": t.level, "width": t.config.width, "seed": t.seed, "sampler_trial": t.sampler_trial},
         )
         self.ledger.append([record])
         self.rows[t.trial_id] = record.row
@@ -167,6 +162,25 @@ class _Recorder:
 
     def _show(self, t: PlannedTrial, row: Mapping[str, Any], *, was_running: bool) -> None:
         self.progress.record(str(row["status"]), row_loss(row), t.point, was_running=was_running)
+
+
+def outcome_record(trial_id: str, outcome: Outcome, *, axes: Mapping[str, Any],
+                   columns: Mapping[str, Any]) -> TrialRecord:
+    """The ledger record of one dispatched trial: its result, or a failed one if it raised, hung
+    past its time limit or lost its worker too often, and where it ran. Shared by every driver
+    that runs trials through the Dispatcher (the sweep here, telescope.compare)."""
+    result = outcome.value if outcome.ok else _failed(outcome)
+    where = {"node": _where(outcome), "gpu_ids": ",".join(outcome.gpu_ids), "attempt": max(outcome.attempts, 1)}
+    return trial_record(trial_id, result, axes=axes, columns={**columns, **where})
+
+
+def _where(outcome: Outcome) -> str:
+    """The ledger's `node`: "hostname (ip) node <Ray node id>". Several Ray nodes can share one
+    host and IP (pods on a machine, a local test cluster); the id tells them apart and joins the
+    row with Ray's own logs. "" if the trial was never seen to start."""
+    if not outcome.node_id:
+        return outcome.node
+    return f"{outcome.node} node {outcome.node_id}".strip()
 
 
 def _failed(outcome: Outcome) -> TrialResult:

@@ -296,9 +296,13 @@ class Dispatcher:
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             self._connect(address, num_cpus, num_gpus, runtime_env, log_to_driver)
+        # Pinned to the driver's own node (hard affinity: it needs no resources, so it always
+        # fits). Ray does not honour soft affinity for actors reliably: it was seen to place this
+        # one on a worker node, whose loss (a spot GPU node) would then take every start time with
+        # it, and the time limits would fall back to counting from submission.
         self._start_log = _StartLog.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(
-                node_id=ray.get_runtime_context().get_node_id(), soft=True
+                node_id=ray.get_runtime_context().get_node_id(), soft=False
             )
         ).remote()
         # Wait until it is up: a task's start message sent to an actor still being created

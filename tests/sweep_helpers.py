@@ -83,10 +83,14 @@ def committed_parts(out: Path) -> int:
     return sum(1 for p in path.iterdir() if p.name.startswith("part-")) if path.exists() else 0
 
 
-def start_and_kill(spec: Path, out: Path, after_parts: int, timeout: float = 240) -> None:
-    """Start `telescope run`, SIGKILL the controller once `after_parts` trials are committed."""
-    proc = subprocess.Popen(telescope_cmd("run", str(spec), "--out", str(out), "--num-cpus", "2", "--quiet"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+def start_and_kill(spec: Path, out: Path, after_parts: int, timeout: float = 240, *,
+                   ray_args: tuple[str, ...] = ("--num-cpus", "2"), env: dict[str, str] | None = None) -> None:
+    """Start `telescope run`, SIGKILL the controller once `after_parts` trials are committed.
+
+    `ray_args` say where trials run (a private local Ray by default; e.g. ("--address", ADDR)
+    for a cluster, whose driver environment goes in `env`)."""
+    proc = subprocess.Popen(telescope_cmd("run", str(spec), "--out", str(out), *ray_args, "--quiet"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env,
                             start_new_session=True)
     deadline = time.monotonic() + timeout
     try:

@@ -16,7 +16,7 @@ from telescope.errors import ConfigError
 
 # Command modules, in the order their commands appear in --help. A module that does not exist
 # yet is skipped, so the CLI works while the project grows.
-COMMAND_MODULES = ("trial", "coordcheck", "sweep", "report")
+COMMAND_MODULES = ("trial", "coordcheck", "sweep", "compare", "report")
 
 
 class _Parser(argparse.ArgumentParser):

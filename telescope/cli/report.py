@@ -15,6 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="directory for report.md and its PNG figures (created if missing)")
     p.add_argument("--axes", metavar="A[,B]",
                    help="the one or two swept axes of the per-level grid figures (default: the first two)")
+    p.add_argument("--compare", metavar="STUDY_DIR",
+                   help="add the Muon-vs-AdamW section of a `telescope compare` study directory")
     p.add_argument("--coordcheck", action=argparse.BooleanOptionalAction, default=True,
                    help="also run a seconds-long Muon coordinate check at small widths (default: on)")
     p.set_defaults(func=cmd_report)
@@ -24,7 +26,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from telescope.report import make_report
 
     axes = [a.strip() for a in args.axes.split(",")] if args.axes else None
-    data = make_report(args.dir, args.output, axes=axes, coordcheck=args.coordcheck)
+    data = make_report(args.dir, args.output, axes=axes, coordcheck=args.coordcheck, compare=args.compare)
     print(f"wrote {data.markdown} with {len(data.figures)} figures", file=sys.stderr)
     for note in data.notes:
         print(f"note: {note}", file=sys.stderr)

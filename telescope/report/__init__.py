@@ -41,12 +41,14 @@ COORDCHECK_STEPS = 3  # the report's coordinate check is a quick picture, not th
 
 
 def make_report(directory: str | Path, outdir: str | Path, *, axes: Sequence[str] | None = None,
-                coordcheck: bool = True) -> ReportData:
+                coordcheck: bool = True, compare: str | Path | None = None) -> ReportData:
     """Write OUTDIR/report.md and its figures for the sweep in `directory`; return the numbers.
 
     `axes`: the two axes of the per-level grid pictures (default: the spec's first two).
     `coordcheck`: also run a seconds-long Muon coordinate check (telescope.coordcheck) at small
     widths, when that module is available.
+    `compare`: a `telescope compare` study's directory, whose Muon-vs-AdamW section (R(B) and
+    the tokens-vs-steps trade-off) is added to the report.
     """
     spec, ledger, state = sweep_state(directory)
     pair = _heatmap_axes(spec, axes)
@@ -75,8 +77,23 @@ def make_report(directory: str | Path, outdir: str | Path, *, axes: Sequence[str
         _coordcheck(spec, state, outdir / "coordcheck.png", data)
     else:
         data.notes.append("coordinate check: skipped (--no-coordcheck)")
-    atomic_write(data.markdown, render_markdown(spec, state, data))
+    markdown = render_markdown(spec, state, data)
+    if compare is not None:
+        markdown += compare_section(compare, outdir, data)
+    atomic_write(data.markdown, markdown)
     return data
+
+
+def compare_section(directory: str | Path, outdir: Path, data: ReportData) -> str:
+    """The Muon-vs-AdamW study as a report section: its figures redrawn into OUTDIR, its table."""
+    from telescope.compare import format_table, load_compare, plot_compare
+
+    table = load_compare(directory).table
+    names = plot_compare(table, outdir)
+    data.figures.update({f"compare_{k}": outdir / v for k, v in names.items()})
+    images = "\n\n".join(f"![{k}]({v})" for k, v in names.items())
+    return (f"\n## Muon vs AdamW (`telescope compare`, {directory})\n\n{images}\n\n"
+            f"```text\n{format_table(table)}\n```\n")
 
 
 def _heatmap_axes(spec: SweepSpec, axes: Sequence[str] | None) -> tuple[str, str | None]:

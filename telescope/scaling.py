@@ -40,7 +40,7 @@ Why each choice:
   with c = sqrt(head_dim), which equals the standard 1/sqrt(head_dim) at our head_dim and so keeps
   the base model identical to a standard transformer.
 - Standard parameterization ("sp", GPT-2 style, the coordinate check's foil): no width scaling
-  anywhere: every init = init_std, every lr = lr, wd = wd, readout multiplier 1.
+  anywhere: every init = init_std, every lr = lr, wd on hidden and readout, readout multiplier 1.
 """
 
 from __future__ import annotations

@@ -87,18 +87,19 @@ def build_engine(cfg: TrialConfig, device: torch.device | None = None) -> Engine
 
 @contextlib.contextmanager
 def _torch_settings(cfg: TrialConfig, device: torch.device):
-    """Threads and deterministic algorithms for this trial, restored afterwards: run_trial must
-    not leave global torch state changed in a notebook or a long-lived worker."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    """Threads for this trial, restored afterwards: run_trial must not leave global torch state
+    changed in a notebook or a long-lived worker.
+
+    No torch.use_deterministic_algorithms: the CPU kernels this model uses are already
+    deterministic for a fixed thread count (tests/test_trial.py checks bit-for-bit repeats), and
+    the switch imports torch's compiler stack, seconds in every fresh Ray worker."""
+    threads = torch.get_num_threads()
     try:
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
-        if device.type == "cpu":  # free on CPU; on CUDA it would need a cuBLAS workspace setting
-            torch.use_deterministic_algorithms(True)
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
 
 
 def run_trial(cfg: TrialConfig) -> TrialResult:

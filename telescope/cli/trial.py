@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
           f"{cfg.steps} steps, seed {cfg.seed}")
     rows = [
         ("status", result.status + (f" ({result.error})" if result.error else "")),
-        ("val loss", f"{result.final_loss:.4f} nats/token"),
+        ("val loss", f"{result.final_loss:.4f} nats/token" if math.isfinite(result.final_loss) else "none (diverged)"),
         ("unigram entropy", f"{entropy:.4f} nats/token ({cfg.data}: the loss of token frequencies alone)"),
         ("train loss", f"{result.final_train_loss:.4f} (last step)"),
         ("steps", f"{result.steps_done} of {cfg.steps}"),

@@ -75,7 +75,10 @@ def test_trial_config_expansion():
     cfg = spec.trial_config(128, {"lr": 0.01, "init_std": 0.02}, seed=3)
     assert isinstance(cfg, TrialConfig)
     assert (cfg.width, cfg.base_width, cfg.seed, cfg.lr, cfg.init_std) == (128, 32, 3, 0.01, 0.02)
-    assert (cfg.depth, cfg.head_dim, cfg.steps, cfg.seq_len, cfg.weight_decay) == (2, 16, 150, 128, 0.1)
+    raw = tomllib.loads((SWEEPS / "demo.toml").read_text())
+    model, training = raw["model"], raw["training"]
+    assert (cfg.depth, cfg.head_dim, cfg.steps, cfg.seq_len, cfg.weight_decay) == (
+        model["depth"], model["head_dim"], training["steps"], training["seq_len"], training["weight_decay"])
     assert cfg.data == "builtin:stdlib" and cfg.device == "cpu"
     with pytest.raises(ConfigError) as err:
         spec.trial_config(128, {"lr": -0.01, "init_std": 0.02}, seed=0)

@@ -19,11 +19,12 @@ from typing import Any
 from telescope.config import TrialResult
 from telescope.errors import ConfigError
 from telescope.dispatch import Dispatcher, Job, Outcome
-from telescope.ledger import Ledger, SweepLock, TrialRecord, load_sweep_dir, open_sweep_dir, trial_record
+from telescope.ledger import (
+    SPEC_FILE, Ledger, SweepLock, TrialRecord, check_sweep_dir, load_sweep_dir, open_sweep_dir, trial_record,
+)
 from telescope.progress import Progress
 from telescope.replay import PendingStep, PlannedTrial, SweepState, plan_trial, replay, row_loss
 from telescope.samplers import LevelStudy
-from telescope.ledger import SPEC_FILE
 from telescope.spec import SweepSpec, load_spec
 from telescope.trial import run_trial
 
@@ -34,6 +35,7 @@ def run_sweep(spec_path: str | Path, out: str | Path, *, address: str | None = N
     spec = load_spec(spec_path)
     spec_text = Path(spec_path).read_text()
     out = Path(out)
+    check_sweep_dir(out, spec.fingerprint())  # refuse before the lock writes its holder's name
     with SweepLock(out):
         ledger = open_sweep_dir(out, spec_text, spec.fingerprint(), spec.name)
         return _drive(spec, ledger, out, address, num_cpus, progress or Progress())

@@ -635,15 +635,9 @@ def write_spec(path: str | os.PathLike[str], spec_text: str) -> None:
     atomic_write(Path(path) / SPEC_FILE, spec_text)
 
 
-def open_sweep_dir(
-    path: str | os.PathLike[str], spec_text: str, spec_fingerprint: str, name: str
-) -> Ledger:
-    """The ledger `run` writes to: a new sweep directory, or this spec's existing one.
-
-    Reusing a directory of the same spec makes re-running a no-op for finished trials. Refuses
-    (ConfigError, no file touched) a directory of another spec or one that is not a sweep
-    directory. Call it holding SweepLock(path).
-    """
+def check_sweep_dir(path: str | os.PathLike[str], spec_fingerprint: str) -> str:
+    """Read-only: whether `run` may use `path` for this spec ("absent", "sweep", ...), or a
+    ConfigError. `run` calls it before taking the lock, so a refusal leaves every byte alone."""
     path = Path(path)
     kind = _refuse_unusable(path)
     if kind == "sweep":
@@ -654,6 +648,21 @@ def open_sweep_dir(
                 f"holds a ledger from another spec (fingerprint {meta['spec_fingerprint']}, this spec "
                 f"{spec_fingerprint}); use a new --out or `telescope resume {path}`",
             )
+    return kind
+
+
+def open_sweep_dir(
+    path: str | os.PathLike[str], spec_text: str, spec_fingerprint: str, name: str
+) -> Ledger:
+    """The ledger `run` writes to: a new sweep directory, or this spec's existing one.
+
+    Reusing a directory of the same spec makes re-running a no-op for finished trials. Refuses
+    (ConfigError, no file touched) a directory of another spec or one that is not a sweep
+    directory. Call it holding SweepLock(path).
+    """
+    path = Path(path)
+    kind = check_sweep_dir(path, spec_fingerprint)
+    if kind == "sweep":
         if not (path / SPEC_FILE).is_file():
             write_spec(path, spec_text)  # same fingerprint: restoring the copy loses nothing
         return Ledger(path)

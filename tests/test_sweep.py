@@ -83,6 +83,15 @@ def test_sigkill_then_resume_finishes_with_the_same_result(reference, tmp_path, 
     start_and_kill(spec, out, after_parts)
     before = raw_trials(out)
     assert len(before) >= after_parts
+    # an unfinished sweep exports what it has, marked as such
+    _, _, partial = sweep_state(out)
+    if partial.levels:
+        doc = export(out)
+        assert doc["complete"] is False and "unfinished sweep" in doc["warning"]
+        assert doc["provenance"]["width"] == partial.levels[-1].width
+    else:
+        refused = run_cli("export", str(out))
+        assert refused.returncode == 2 and "nothing to export" in refused.stderr
     result = run_cli("resume", str(out), "--num-cpus", "2")
     assert result.returncode == 0, result.stderr
     after = raw_trials(out)
@@ -152,3 +161,50 @@ def test_trials_past_their_time_limit_are_recorded_as_failed_and_the_sweep_stops
     assert (trials["wall_time_s"] < 10).all()
     status = json.loads(run_cli("status", str(out), "--json").stdout)
     assert not status["complete"] and "diverged or failed" in status["stopped"]
+
+
+BAD_SPECS = {
+    "missing field": ("base_width = 16\n", "", "base_width"),
+    "unknown axis": ("[axes.init_std]", "[axes.momentum]", "momentum"),
+    "low >= high": ("low = 0.003\nhigh = 0.03", "low = 0.03\nhigh = 0.003", "axes.lr"),
+    "zero points": ("points = 3\n\n[axes.init_std]", "points = 0\n\n[axes.init_std]", "axes.lr.points"),
+    "widths not doublings": ("calibration_width = 64", "calibration_width = 48", "calibration_width"),
+    "fractional GPUs > 1": ("num_cpus = 1\n", "num_cpus = 1\nnum_gpus = 1.5\n", "resources.num_gpus"),
+    "unknown sampler": ('sampler = "grid"', 'sampler = "annealing"', "sampler"),
+    "TOML syntax": ("seeds = 1", "seeds = = 1", "tiny.toml"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_specs_are_one_line_exit_2_and_leave_the_ledger_byte_identical(reference, tmp_path, case):
+    ref_spec, ref_out, _ = reference
+    old, new, field = BAD_SPECS[case]
+    text = ref_spec.read_text()
+    assert old in text
+    bad = tmp_path / "tiny.toml"
+    bad.write_text(text.replace(old, new, 1))
+    before = tree_digest(ref_out)
+    result = run_cli("run", str(bad), "--out", str(ref_out), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert field in result.stderr
+    assert tree_digest(ref_out) == before
+
+
+def test_bad_directories_are_refused_and_left_alone(reference, tmp_path):
+    ref_spec, ref_out, _ = reference
+    other = tmp_path / "other.toml"
+    other.write_text(ref_spec.read_text().replace("steps = 10", "steps = 11"))
+    before = tree_digest(ref_out)
+    result = run_cli("run", str(other), "--out", str(ref_out), timeout=60)  # a ledger from another spec
+    assert result.returncode == 2 and "another spec" in result.stderr
+    assert tree_digest(ref_out) == before
+    stranger = tmp_path / "notes"
+    stranger.mkdir()
+    (stranger / "todo.txt").write_text("mine")
+    for args in (["resume", str(stranger)], ["status", str(stranger)], ["export", str(stranger)],
+                 ["run", str(ref_spec), "--out", str(stranger)]):
+        result = run_cli(*args, timeout=60)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, args
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in stranger.iterdir()) == ["todo.txt"]

@@ -1,0 +1,73 @@
+"""The benchmark scripts start, and their quick modes run end to end and print their tables.
+
+No benchmark numbers are checked here (they depend on the machine); the full benchmarks are run
+by hand (see each script's docstring). Outputs go to tmp_path, never to bench/results/.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+SCRIPTS = ("engine.py", "orchestration.py", "transfer.py")
+
+
+def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def has_header(out: str, *words: str) -> bool:
+    return any(all(w in line for w in words) for line in out.splitlines())
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_starts(script: str) -> None:
+    out = run(str(BENCH / script), "--help", timeout=120).stdout
+    assert out.startswith("usage:")
+
+
+@pytest.mark.bench
+def test_orchestration_quick(tmp_path: Path) -> None:
+    out_csv = tmp_path / "orchestration.csv"
+    out = run(str(BENCH / "orchestration.py"), "--quick", "--out", str(out_csv), timeout=600).stdout
+    assert has_header(out, "contender", "slots", "trial s", "wall s", "util", "ovh/trial s")
+    assert has_header(out, "contender", "startup s", "dispatch s", "e2e s", "util e2e")
+    for name in ("telescope", "tune", "tune-reuse", "optuna", "sequential"):
+        assert f"\n{name:>10}  " in out, f"no row for {name}"
+    rows = csv_rows(out_csv)
+    assert {r["contender"] for r in rows} == {"telescope", "tune", "tune-reuse", "optuna", "sequential"}
+    assert all(int(r["trials"]) == 2 and int(r["failed"]) == 0 for r in rows)
+    # never more trials at once than slots: utilisation must not come from oversubscription
+    assert all(int(r["peak"]) <= int(r["slots"]) for r in rows)
+
+
+@pytest.mark.bench
+def test_transfer_quick(tmp_path: Path) -> None:
+    out = run(str(BENCH / "transfer.py"), "--quick", "--results", str(tmp_path), timeout=600).stdout
+    assert has_header(out, "rule", "method", "trials", "FLOPs", "loss", "delta", "within noise")
+    assert has_header(out, "rule", "point", "loss", "delta_vs_grid_best")
+    methods = {r["method"] for r in csv_rows(tmp_path / "transfer_quick.csv") if r["table"] == "calibration"}
+    assert methods == {"telescoping", "brute force", "plain muP"}
+    assert csv_rows(tmp_path / "transfer_trials_quick.csv")
+
+
+@pytest.mark.bench
+def test_engine_quick(tmp_path: Path) -> None:
+    if "--quick" not in run(str(BENCH / "engine.py"), "--help", timeout=120).stdout:
+        pytest.skip("bench/engine.py has no --quick mode")
+    out = run(str(BENCH / "engine.py"), "--quick", "--out", str(tmp_path / "engine.csv"), timeout=600).stdout
+    assert out.strip()
+    assert (tmp_path / "engine.csv").exists()

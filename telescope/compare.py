@@ -57,7 +57,7 @@ from telescope.progress import Progress
 from telescope.replay import row_loss, trial_id
 from telescope.spec import (
     AXIS_BOUNDS, MODEL_FIELDS, TRAINING_FIELDS, _NAME, _known, _required, _resources, _section, _seeds,
-    _spec_path, _whole,
+    _spec_path, _whole, read_toml,
 )
 from telescope.telescoping import Axis, base_grid
 from telescope.trial import run_trial
@@ -167,16 +167,7 @@ class CompareSpec:
 
 
 def load_compare_spec(path: str | Path) -> CompareSpec:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(str(p), "no such file; give a compare spec (example: sweeps/compare.toml)")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(p), f"not valid TOML: {err}; fix the syntax there") from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(p), "not UTF-8 text; a compare spec is a TOML file") from None
-    return parse_compare_spec(data)
+    return parse_compare_spec(read_toml(path, "compare spec", "sweeps/compare.toml"))
 
 
 def parse_compare_spec(data: Mapping[str, Any]) -> CompareSpec:

@@ -178,20 +178,22 @@ def _spec_path(field: str, axis_names: Sequence[str]) -> str:
 
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a TOML sweep spec."""
+    return parse_spec(read_toml(path, "sweep spec", "sweeps/demo.toml, sweeps/paper.toml"))
+
+
+def read_toml(path: str | Path, what: str, examples: str) -> dict[str, Any]:
+    """A spec file's TOML as a dict, or a one-line ConfigError naming the file and the fix."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(
-            str(p), "no such file; check the path (example specs: sweeps/demo.toml, sweeps/paper.toml)"
-        )
+        raise ConfigError(str(p), f"no such file; check the path (example: {examples})")
     if not p.is_file():
-        raise ConfigError(str(p), "is not a file; give the path of a .toml sweep spec")
+        raise ConfigError(str(p), f"is not a file; give the path of a .toml {what}")
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(str(p), f"not valid TOML: {err}; fix the syntax there") from None
     except UnicodeDecodeError:
-        raise ConfigError(str(p), "not UTF-8 text; a sweep spec is a TOML file") from None
-    return parse_spec(data)
+        raise ConfigError(str(p), f"not UTF-8 text; a {what} is a TOML file") from None
 
 
 def parse_spec(data: Mapping[str, Any]) -> SweepSpec:

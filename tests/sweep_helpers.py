@@ -89,8 +89,15 @@ def start_and_kill(spec: Path, out: Path, after_parts: int, timeout: float = 240
 
     `ray_args` say where trials run (a private local Ray by default; e.g. ("--address", ADDR)
     for a cluster, whose driver environment goes in `env`)."""
-    proc = subprocess.Popen(telescope_cmd("run", str(spec), "--out", str(out), *ray_args, "--quiet"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env,
+    kill_after(telescope_cmd("run", str(spec), "--out", str(out), *ray_args, "--quiet"), out, after_parts,
+               timeout, env=env)
+
+
+def kill_after(cmd: list[str], out: Path, after_parts: int, timeout: float = 240, *,
+               env: dict[str, str] | None = None) -> None:
+    """Start `cmd` (a telescope driver writing the ledger in `out`), SIGKILL it once `after_parts`
+    trials are committed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env,
                             start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
@@ -100,13 +107,13 @@ def start_and_kill(spec: Path, out: Path, after_parts: int, timeout: float = 240
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {after_parts} trials within {timeout} s")
             time.sleep(0.05)
-        os.kill(proc.pid, 9)  # the controller only, as a crash would
+        os.kill(proc.pid, 9)  # the driver only, as a crash would
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
-        try:  # whatever Ray left behind in the controller's session
+        try:  # whatever Ray left behind in the driver's session
             os.killpg(proc.pid, 9)
         except ProcessLookupError:
             pass

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 import math
-import os
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import ray
 from matplotlib.image import imread
 
 import telescope.cli
-from sweep_helpers import ROOT, committed_parts, raw_trials, telescope_cmd
+from sweep_helpers import ROOT, kill_after, raw_trials, telescope_cmd
 from telescope.compare import (
     FIGURES, RESULT_FILE, auto_target, crossing, format_table, load_compare, load_compare_spec, mean_curve, pareto_front,
     parse_compare_spec, ratio_range, ratio_trend, time_to_target, token_ratio, weakly_dominated,
@@ -195,35 +193,13 @@ def test_bad_spec_fields_are_one_line_errors(tmp_path, compare_main, change, fie
 # ---------------------------------------------------------------------------- a real study
 
 
-def _kill_after(args: list[str], out: Path, after_parts: int, timeout: float = 240) -> None:
-    """Start the study, SIGKILL its driver once `after_parts` trials are committed."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-                            start_new_session=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while committed_parts(out) < after_parts:
-            assert proc.poll() is None, f"ended before {after_parts} trials: {proc.stderr.read().decode()}"
-            assert time.monotonic() < deadline, f"no {after_parts} trials within {timeout} s"
-            time.sleep(0.05)
-        os.kill(proc.pid, 9)  # the driver only, as a crash would
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-        try:  # whatever Ray left behind in the driver's session
-            os.killpg(proc.pid, 9)
-        except ProcessLookupError:
-            pass
-
-
 def test_tiny_study_end_to_end_resumes_and_reruns_as_a_no_op(tmp_path, compare_main):
     spec = tmp_path / "tiny.toml"
     spec.write_text(TINY)
     out = tmp_path / "study"
     args = [str(spec), "--out", str(out), "--num-cpus", "2", "--quiet"]
 
-    _kill_after(compare_cmd(*args), out, after_parts=2)
+    kill_after(compare_cmd(*args), out, after_parts=2)
     killed_at = set(raw_trials(out)["trial_id"])
     assert 2 <= len(killed_at) < N_TRIALS
 

@@ -1,6 +1,6 @@
 """Trial-engine speed against the plain-PyTorch reference step, at the reference's shapes.
 
-    .venv/bin/python bench/engine.py [--widths 128 256 512] [--steps N]
+    .venv/bin/python bench/engine.py [--widths 128 256 512] [--steps 20] [--quick]
 
 For each width and optimizer it times `telescope.trial.Engine.step` (the very step run_trial
 takes, on real corpus batches) against the reference step of ../shared/yardsticks/ref_gpt.py,
@@ -19,7 +19,6 @@ muon step over its own adamw step. Writes bench/results/engine.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import sys
 import time
@@ -32,6 +31,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import RESULTS, machine_line, median, table, write_csv  # noqa: E402
 
 from telescope.config import TrialConfig  # noqa: E402
 from telescope.data import train_batches  # noqa: E402
@@ -49,14 +50,17 @@ def load_reference():
     return module
 
 
+CLOCK = time.perf_counter  # --clock cpu swaps in time.process_time
+
+
 def matmul_peak_sample(n: int = 2048, k: int = 3) -> float:
     """fp32 FLOP/s of an n x n matmul (the reference's peak, fewer repeats so it can be sampled often)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    t = time.perf_counter()
+    t = CLOCK()
     for _ in range(k):
         a @ b
-    return 2 * n**3 / ((time.perf_counter() - t) / k)
+    return 2 * n**3 / ((CLOCK() - t) / k)
 
 
 def reference_step(ref, width: int, optimizer: str) -> Callable[[], object]:
@@ -97,22 +101,32 @@ def engine_step(width: int, optimizer: str, steps: int) -> Callable[[], object]:
 
 
 def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
+    t = CLOCK()
     fn()
-    return time.perf_counter() - t
+    return CLOCK() - t
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per side (reference: 10)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per side (reference: 10)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for both sides (default: torch's, all cores)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "engine.csv")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: time this process's CPU seconds instead of wall seconds; with --threads 1 "
+                             "it ignores time spent descheduled, for a fair comparison on a busy machine")
+    parser.add_argument("--quick", action="store_true", help="width 64, 2 timed steps: a smoke run")
+    parser.add_argument("--out", type=Path, default=RESULTS / "engine.csv")
     args = parser.parse_args()
+    if args.quick:
+        args.widths, args.steps = [64], 2
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        global CLOCK
+        CLOCK = time.process_time
+    print(machine_line(), flush=True)
     ref = load_reference()
     peaks = [matmul_peak_sample()]
     times: dict[tuple[int, str], tuple[list[float], list[float]]] = {}
@@ -124,10 +138,12 @@ def main() -> None:
                 ref_fn(), eng_fn()
         for opt in fns:
             times[width, opt] = ([], [])
-        for _ in range(args.steps):
+        for i in range(args.steps):
             for opt, (ref_fn, eng_fn) in fns.items():
-                times[width, opt][0].append(timed(ref_fn))
-                times[width, opt][1].append(timed(eng_fn))
+                # alternate which side goes first, so neither always follows the other's cache state
+                pair = ((0, ref_fn), (1, eng_fn)) if i % 2 == 0 else ((1, eng_fn), (0, ref_fn))
+                for side, fn in pair:
+                    times[width, opt][side].append(timed(fn))
         peaks.append(matmul_peak_sample())
         for opt in fns:
             print(f"width {width} {opt}: engine {min(times[width, opt][1]) * 1e3:.1f} ms, "
@@ -143,35 +159,49 @@ def main() -> None:
         ref_step = {opt: min(times[width, opt][0]) for opt in ("adamw", "muon")}
         for opt in ("adamw", "muon"):
             muon = opt == "muon"
+            ref_times, eng_times = times[width, opt]
+            paired = sorted(r / e for r, e in zip(ref_times, eng_times))
             rows.append({
                 "width": width, "optimizer": opt,
-                "step_ms": round(step[opt] * 1e3, 1),
-                "tokens_per_s": round(tokens / step[opt]),
-                "mfu": round(model_flops / step[opt] / peak, 3),
-                "ref_step_ms": round(ref_step[opt] * 1e3, 1),
-                "ref_mfu": round(model_flops / ref_step[opt] / peak, 3),
-                "ratio": round(ref_step[opt] / step[opt], 3),
-                "muon_overhead_pct": round(100 * (step["muon"] / step["adamw"] - 1), 1) if muon else None,
-                "ref_muon_overhead_pct": round(100 * (ref_step["muon"] / ref_step["adamw"] - 1), 1) if muon else None,
-                "ns_gflop_per_step": round(ns_flops / 1e9, 2) if muon else 0.0,
-                "ns_share_pct": round(100 * ns_flops / (model_flops + ns_flops), 1) if muon else 0.0,
-                "peak_gflops": round(peak / 1e9),
+                "step_ms": step[opt] * 1e3,
+                "tokens_per_s": tokens / step[opt],
+                "mfu": model_flops / step[opt] / peak,
+                "ref_step_ms": ref_step[opt] * 1e3,
+                "ref_mfu": model_flops / ref_step[opt] / peak,
+                "ratio": ref_step[opt] / step[opt],
+                "paired_ratio": median(paired),
+                "paired_q1": paired[len(paired) // 4],
+                "paired_q3": paired[(3 * len(paired)) // 4],
+                "muon_overhead_pct": 100 * (step["muon"] / step["adamw"] - 1) if muon else float("nan"),
+                "ref_muon_overhead_pct": 100 * (ref_step["muon"] / ref_step["adamw"] - 1) if muon else float("nan"),
+                "ns_gflop_per_step": ns_flops / 1e9 if muon else 0.0,
+                "ns_share_pct": 100 * ns_flops / (model_flops + ns_flops) if muon else 0.0,
+                "peak_gflops": peak / 1e9,
+                "threads": torch.get_num_threads(),
+                "clock": args.clock,
             })
 
-    print(f"\n{torch.get_num_threads()} threads; fp32 matmul peak (best of {len(peaks)} samples): "
-          f"{peak / 1e9:.0f} GFLOP/s")
-    print("width opt    step_ms   tok/s    MFU  refMFU  ratio  muon+%  ref_muon+%  NS_GFLOP  NS_share%")
+    print(f"\n{torch.get_num_threads()} threads, {args.clock} clock; fp32 matmul peak (best of {len(peaks)} "
+          f"samples): {peak / 1e9:.0f} GFLOP/s; {args.steps} timed steps per side")
+    print("  step = fastest of the timed steps; ratio = reference step / engine step (> 1: engine faster); "
+          "paired = median [quartiles] of reference/engine over adjacent step pairs; muon+% = muon step over "
+          "the same side's adamw step; NS = Newton-Schulz FLOPs per Muon step (telescope.flops.muon_step_flops)")
     for r in rows:
-        blank = lambda v: "" if v is None else v  # noqa: E731
-        print(f"{r['width']:>5} {r['optimizer']:<6} {r['step_ms']:>7} {r['tokens_per_s']:>7} {r['mfu']:>6} "
-              f"{r['ref_mfu']:>6} {r['ratio']:>6} {blank(r['muon_overhead_pct'])!s:>7} "
-              f"{blank(r['ref_muon_overhead_pct'])!s:>11} {r['ns_gflop_per_step']:>9} {r['ns_share_pct']:>10}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"\nwrote {args.out}")
+        r["paired"] = f"{r['paired_ratio']:.3f} [{r['paired_q1']:.3f}-{r['paired_q3']:.3f}]"
+    print(table(
+        ["width", "optimizer", "step_ms", "tokens_per_s", "mfu", "ref_step_ms", "ref_mfu", "ratio", "paired",
+         "muon_overhead_pct", "ref_muon_overhead_pct", "ns_gflop_per_step", "ns_share_pct"],
+        rows,
+        formats={"step_ms": ".1f", "tokens_per_s": ".0f", "mfu": ".3f", "ref_step_ms": ".1f", "ref_mfu": ".3f",
+                 "ratio": ".3f", "muon_overhead_pct": ".1f", "ref_muon_overhead_pct": ".1f",
+                 "ns_gflop_per_step": ".2f", "ns_share_pct": ".1f"},
+        headers={"optimizer": "opt", "step_ms": "step ms", "tokens_per_s": "tok/s", "mfu": "MFU",
+                 "ref_step_ms": "ref ms", "ref_mfu": "ref MFU", "paired": "paired ratio",
+                 "muon_overhead_pct": "muon+%", "ref_muon_overhead_pct": "ref muon+%",
+                 "ns_gflop_per_step": "NS GFLOP", "ns_share_pct": "NS share%"}))
+    for r in rows:
+        del r["paired"]
+    print(f"\nwrote {write_csv(args.out, rows)}")
 
 
 if __name__ == "__main__":

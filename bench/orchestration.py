@@ -1,14 +1,15 @@
 """Orchestration overhead: the same short trials run by telescope's Dispatcher, Ray Tune, Optuna
 and a plain loop.
 
-    .venv/bin/python bench/orchestration.py [--trials 32] [--steps 75] [--rounds 2] [--quick]
+    .venv/bin/python bench/orchestration.py [--trials 32] [--steps 150] [--rounds 2] [--quick]
 
 The work: `--trials` real `telescope.trial.run_trial` calls (width 32, depth 2, seq 64, batch 8,
-`--steps` Muon steps, one final evaluation; ~2 s each on one idle core at 75 steps), an lr x
-init_std grid. Real trials rather than a synthetic busy loop, because what an orchestrator must
-carry is exactly this: worker processes that import torch, load the corpus and build a model, and
-Python-heavy small-tensor training steps that hold the GIL much of the time (which decides how well
-Optuna's thread-based n_jobs can overlap them). Every trial runs with 1 torch thread.
+`--steps` Muon steps, one final evaluation; at 150 steps ~1.4 s of CPU and ~2 s of wall time on
+the shared 2-core development box), points of an lr x init_std grid. Real trials rather than a
+synthetic busy loop, because what an orchestrator must carry is exactly this: worker processes
+that import torch, load the corpus and build a model, and Python-heavy small-tensor training steps
+that hold the GIL much of the time (which decides how well Optuna's thread-based n_jobs can
+overlap them). Every trial runs with 1 torch thread.
 
 A trial's time is measured inside the trial, around `run_trial` only; the one-off per-process
 costs (importing torch and telescope, loading the corpus into the process's cache) happen before
@@ -55,6 +56,7 @@ import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -97,7 +99,8 @@ def work(cfg) -> dict[str, Any]:
     start, cpu = time.time(), time.thread_time()  # with 1 torch thread, the trial computes in this thread
     result = run_trial(cfg)
     end, cpu = time.time(), time.thread_time() - cpu
-    return {"enter": enter, "start": start, "end": end, "cpu": cpu, "loss": result.final_loss, "status": result.status, "proc": os.getpid()}
+    return {"enter": enter, "start": start, "end": end, "cpu": cpu, "loss": result.final_loss,
+            "status": result.status, "proc": os.getpid(), "thread": threading.get_ident()}
 
 
 def tune_trainable(config: dict[str, Any]) -> None:
@@ -146,7 +149,8 @@ def child(name: str, n_trials: int, steps: int) -> dict[str, Any]:
         t2 = time.perf_counter()
         if results.errors:
             raise RuntimeError(f"tune trials failed: {results.errors[0]}")
-        trials = [{k: r.metrics[k] for k in ("enter", "start", "end", "cpu", "loss", "status", "proc")} for r in results]
+        keys = ("enter", "start", "end", "cpu", "loss", "status", "proc", "thread")
+        trials = [{k: r.metrics[k] for k in keys} for r in results]
         ray.shutdown()
     elif name == "optuna":
         import optuna
@@ -212,6 +216,17 @@ def peak_concurrency(trials: list[dict[str, Any]]) -> int:
     return peak
 
 
+def median_gap(trials: list[dict[str, Any]]) -> float:
+    """Median idle time of a worker between one trial's end and its next trial's entry: the
+    per-trial hand-over latency, net of warm-up (NaN when no worker ran two trials)."""
+    by_worker: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for t in trials:
+        by_worker.setdefault((t["proc"], t["thread"]), []).append(t)
+    gaps = [b["enter"] - a["end"] for ts in by_worker.values()
+            for a, b in zip(sorted(ts, key=lambda t: t["start"]), sorted(ts, key=lambda t: t["start"])[1:])]
+    return median(gaps)
+
+
 def summarise(data: dict[str, Any], round_no: int, order: int) -> dict[str, Any]:
     name, trials = data["contender"], data["trials"]
     slots = SLOTS[name]
@@ -233,6 +248,7 @@ def summarise(data: dict[str, Any], round_no: int, order: int) -> dict[str, Any]
     row["util_warm"] = busy / (slots * data["dispatch_s"] - warmup)
     row["cpu_share"] = sum(t["cpu"] for t in trials) / busy  # < 1: trials waited for a core (or the GIL)
     row["load_1min"] = data["load_1min"]
+    row["gap_s"] = median_gap(trials)
     row["peak"] = peak_concurrency(trials)
     row["processes"] = len({t["proc"] for t in trials})
     row["failed"] = sum(t["status"] != "completed" for t in trials)
@@ -242,7 +258,8 @@ def summarise(data: dict[str, Any], round_no: int, order: int) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=32, help="trials per contender")
-    parser.add_argument("--steps", type=int, default=75, help="training steps per trial (75: ~2 s on an idle core)")
+    parser.add_argument("--steps", type=int, default=150,
+                        help="training steps per trial (150: ~1.4 s of CPU, ~2 s on this shared 2-core box)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported")
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     parser.add_argument("--quick", action="store_true", help="2 tiny trials, 1 round: a smoke run")
@@ -263,7 +280,7 @@ def main() -> None:
     print(f"orchestration: {args.trials} run_trial calls x {args.steps} steps (width 32, depth 2, seq 64, "
           f"batch 8, 1 thread) per contender, {args.rounds} round(s), contenders in rotating order")
     print(machine_line(), flush=True)
-    rows = []
+    rows, trial_rows = [], []
     names = list(args.contenders)
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -271,9 +288,10 @@ def main() -> None:
             data = run_child(name, args.trials, args.steps)
             row = summarise(data, r, i)
             rows.append(row)
+            trial_rows += [{"contender": name, "round": r, **t} for t in data["trials"]]
             print(f"  round {r} #{i} {name:<10} e2e {row['e2e_s']:6.1f} s  dispatch {row['dispatch_s']:6.1f} s  "
-                  f"util {row['util_dispatch']:.1%}  mean trial {row['trial_mean_s']:.2f} s  load {row['load_1min']:.1f}",
-                  flush=True)
+                  f"util {row['util_dispatch']:.1%}  mean trial {row['trial_mean_s']:.2f} s  "
+                  f"load {row['load_1min']:.1f}", flush=True)
     # The same work measured without any contention between trials: the sequential contender's
     # sum of trial times in the same round. A contender whose trials slow each other down (threads
     # sharing a GIL) looks busy by its own trial times; against this reference it does not.
@@ -281,6 +299,7 @@ def main() -> None:
         ref = [r for r in rows if r["contender"] == "sequential" and r["round"] == row["round"]]
         row["util_vs_seq"] = ref[0]["work_s"] / (row["slots"] * row["dispatch_s"]) if ref else float("nan")
     write_csv(args.out, rows)
+    write_csv(args.out.with_name(args.out.stem + "_trials.csv"), trial_rows)
 
     telescope_rows = [r for r in rows if r["contender"] == "telescope"]
     ref_e2e = median(r["e2e_s"] for r in telescope_rows) if telescope_rows else float("nan")
@@ -291,7 +310,7 @@ def main() -> None:
         s: dict[str, Any] = {"contender": name, "slots": SLOTS[name], "trials": mine[0]["trials"]}
         for key in ("trial_mean_s", "cpu_share", "startup_s", "dispatch_s", "shutdown_s", "e2e_s",
                     "util_dispatch", "util_warm", "util_vs_seq", "util_e2e", "overhead_dispatch_s",
-                    "overhead_e2e_s", "warmup_s", "load_1min"):
+                    "overhead_e2e_s", "warmup_s", "gap_s", "load_1min"):
             s[key] = median(r[key] for r in mine)
         s["dispatch_vs_telescope"] = s["dispatch_s"] / ref_dispatch
         s["e2e_vs_telescope"] = s["e2e_s"] / ref_e2e
@@ -305,16 +324,18 @@ def main() -> None:
           "round(s)")
     print("  util = sum(trial times) / (slots x wall); excl warm-up: minus each process's one-off import + corpus "
           "load; vs seq: the sequential loop's sum of trial times in the same round / (slots x wall); "
-          "ovh = idle slot-seconds per trial; cpu = trials' CPU time / their wall time; peak = most trials at once")
+          "ovh = idle slot-seconds per trial; gap = median time a worker waits between trials; cpu = trials' CPU "
+          "time / their wall time; peak = most trials at once")
     print(table(
         ["contender", "slots", "trials", "trial_mean_s", "cpu_share", "dispatch_s", "dispatch_vs_telescope",
-         "util_dispatch", "util_warm", "util_vs_seq", "overhead_dispatch_s", "peak", "procs", "load_1min"],
+         "util_dispatch", "util_warm", "util_vs_seq", "overhead_dispatch_s", "gap_s", "peak", "procs", "load_1min"],
         summary,
         {"trial_mean_s": sec, "cpu_share": ".0%", "dispatch_s": ".1f", "dispatch_vs_telescope": sec,
-         "util_dispatch": pct, "util_warm": pct, "util_vs_seq": pct, "overhead_dispatch_s": sec, "load_1min": ".1f"},
+         "util_dispatch": pct, "util_warm": pct, "util_vs_seq": pct, "overhead_dispatch_s": sec, "gap_s": ".3f",
+         "load_1min": ".1f"},
         headers={"trial_mean_s": "trial s", "cpu_share": "cpu", "dispatch_s": "wall s",
                  "dispatch_vs_telescope": "x telescope", "util_dispatch": "util", "util_warm": "util excl warm-up",
-                 "util_vs_seq": "util vs seq", "overhead_dispatch_s": "ovh/trial s", "load_1min": "load"}))
+                 "util_vs_seq": "util vs seq", "overhead_dispatch_s": "ovh/trial s", "gap_s": "gap s", "load_1min": "load"}))
     print()
     print("start-up and end to end (the whole subprocess: interpreter, imports, Ray start, run, shutdown)")
     print(table(

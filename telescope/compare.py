@@ -55,9 +55,9 @@ from telescope.ledger import (
 )
 from telescope.progress import Progress
 from telescope.replay import row_loss, trial_id
-from telescope.spec import (
-    AXIS_BOUNDS, MODEL_FIELDS, TRAINING_FIELDS, _NAME, _known, _required, _resources, _section, _seeds,
-    _spec_path, _whole, read_toml,
+from telescope.spec import AXIS_BOUNDS, MODEL_FIELDS, TRAINING_FIELDS, read_settings_section, spec_path
+from telescope.specfields import (
+    NAME_PATTERN, read_resources, read_seeds, read_toml, reject_unknown, required, whole_number,
 )
 from telescope.telescoping import Axis, base_grid
 from telescope.trial import run_trial
@@ -178,19 +178,19 @@ def parse_compare_spec(data: Mapping[str, Any]) -> CompareSpec:
     if kind != KIND:
         hint = "a sweep spec is run with `telescope run`" if kind is None else f"got {kind!r}"
         raise ConfigError("kind", f'a compare spec starts with kind = "{KIND}" ({hint})')
-    _known(data, TOP_LEVEL_KEYS, "")
-    name = _required(data, "name", 'name = "compare"')
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    reject_unknown(data, TOP_LEVEL_KEYS, "")
+    name = required(data, "name", 'name = "compare"')
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ConfigError("name", f"must be letters, digits, '.', '_' or '-' (it names the run); got {name!r}")
-    width = _whole(_required(data, "width", "width = 64"), "width", 1)
-    base_width = _whole(data.get("base_width", width), "base_width", 1)
-    seeds = _seeds(data.get("seeds", 1))
-    batch_sizes = _batch_sizes(_required(data, "batch_sizes", "batch_sizes = [4, 8, 16, 32]"))
-    tokens = _whole(_required(data, "tokens", "tokens = 262144"), "tokens", 1)
+    width = whole_number(required(data, "width", "width = 64"), "width", 1)
+    base_width = whole_number(data.get("base_width", width), "base_width", 1)
+    seeds = read_seeds(data.get("seeds", 1))
+    batch_sizes = _batch_sizes(required(data, "batch_sizes", "batch_sizes = [4, 8, 16, 32]"))
+    tokens = whole_number(required(data, "tokens", "tokens = 262144"), "tokens", 1)
     target = _target(data.get("target_loss", "auto"))
-    evals = _whole(data.get("evals", DEFAULT_EVALS), "evals", 2)
+    evals = whole_number(data.get("evals", DEFAULT_EVALS), "evals", 2)
     lcm = math.lcm(*batch_sizes)
-    windows = _whole(data.get("eval_windows", lcm * math.ceil(MIN_EVAL_WINDOWS / lcm)), "eval_windows", 1)
+    windows = whole_number(data.get("eval_windows", lcm * math.ceil(MIN_EVAL_WINDOWS / lcm)), "eval_windows", 1)
     if windows % lcm:
         raise ConfigError(
             "eval_windows",
@@ -202,13 +202,16 @@ def parse_compare_spec(data: Mapping[str, Any]) -> CompareSpec:
         for key in table if isinstance(table, Mapping) else ():
             if key in SET_BY_STUDY:
                 raise ConfigError(f"{section}.{key}", f"set by {SET_BY_STUDY[key]}; remove it here")
-    settings = {**_section(data, "model", MODEL_FIELDS, ()), **_section(data, "training", STUDY_TRAINING_FIELDS, ())}
+    settings = {
+        **read_settings_section(data, "model", MODEL_FIELDS, ()),
+        **read_settings_section(data, "training", STUDY_TRAINING_FIELDS, ()),
+    }
     lrs = _lr_grids(data.get("lr"))
-    resources, time_limit, retries = _resources(data.get("resources", {}), 1)
+    resources, time_limit, retries = read_resources(data.get("resources", {}), 1)
     try:
         fixed = TrialConfig(**settings, width=width, base_width=base_width, seed=seeds[0])
     except ConfigError as err:
-        where = err.field if err.field in ("width", "base_width") else _spec_path(err.field, ())
+        where = err.field if err.field in ("width", "base_width") else spec_path(err.field, ())
         raise ConfigError(where, err.message) from None
     if fixed.data.endswith(".bin") and fixed.vocab_size is None:
         raise ConfigError("training.vocab_size", "required when training.data is a .bin token file")
@@ -233,7 +236,7 @@ def _batch_sizes(value: Any) -> tuple[int, ...]:
     if not isinstance(value, list) or not value:
         raise ConfigError("batch_sizes", f"must be a non-empty list of batch sizes, e.g. [4, 8, 16, 32]; got {value!r}")
     for b in value:
-        _whole(b, "batch_sizes", 1)
+        whole_number(b, "batch_sizes", 1)
     if len(set(value)) != len(value):
         raise ConfigError("batch_sizes", f"must not repeat a batch size; got {value!r}")
     return tuple(sorted(value))
@@ -251,16 +254,16 @@ def _lr_grids(value: Any) -> tuple[tuple[str, tuple[float, ...]], ...]:
     example = "[lr.muon] and [lr.adamw], each with low, high, points (log-spaced)"
     if not isinstance(value, Mapping):
         raise ConfigError("lr", f"must be the tables {example}")
-    _known(value, OPTIMIZERS, "lr.")
+    reject_unknown(value, OPTIMIZERS, "lr.")
     grids = []
     for optimizer in OPTIMIZERS:
         path = f"lr.{optimizer}"
         table = value.get(optimizer)
         if not isinstance(table, Mapping):
             raise ConfigError(path, f"missing or not a table; the study compares both optimizers: give {example}")
-        _known(table, LR_KEYS, f"{path}.")
+        reject_unknown(table, LR_KEYS, f"{path}.")
         for key, ex in (("low", "1e-3"), ("high", "3e-2"), ("points", "3")):
-            _required(table, key, f"{key} = {ex}", f"{path}.")
+            required(table, key, f"{key} = {ex}", f"{path}.")
         low, high = (float(table[k]) if isinstance(table[k], int) and not isinstance(table[k], bool) else table[k]
                      for k in ("low", "high"))
         try:  # the sweep's own axis: the same validation and the same log-spaced values

@@ -40,7 +40,7 @@ from telescope.config import HIDDEN_LR_RULES, PARAMETERIZATIONS, TrialConfig
 from telescope.data import train_batches, val_batches
 from telescope.errors import ConfigError
 from telescope.model import GPT
-from telescope.trial import _torch_settings, build_engine, resolve_device
+from telescope.trial import build_engine, resolve_device, torch_settings
 
 LAYERS = ("embedding", "attn", "mlp", "residual", "logits")
 WEIGHTED = ("attn", "mlp", "logits")  # layer types that are modules with weights of their own
@@ -207,7 +207,7 @@ def _mean_abs(tensors: list[torch.Tensor]) -> float:
 
 def _run(cfg: TrialConfig) -> dict[str, np.ndarray]:
     """One width and seed: metric -> (steps + 1, len(METRIC_LAYERS[metric])) array."""
-    with _torch_settings(cfg, resolve_device(cfg.device)):
+    with torch_settings(cfg, resolve_device(cfg.device)):
         engine = build_engine(cfg)
         model = engine.model
         # one fixed probe batch for every width, seed and step, so h_t - h_0 compares like with like

@@ -38,51 +38,16 @@ from ray.exceptions import (
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from telescope.errors import ConfigError
+from telescope.resources import UNITS, Resources
 
 __all__ = ["Dispatcher", "Failure", "Job", "Outcome", "Resources"]
 
 Failure = Literal["error", "timeout", "lost"]
 
-# Ray keeps resource quantities in fixed point with four decimals; doing the capacity arithmetic
-# in the same units keeps 1 / 0.1 GPU from flooring to 9.
-_UNITS = 10_000
 _MESSAGE_CHARS = 500
 _CAPACITY_TTL_S = 5.0  # nodes come and go; re-read the cluster this often while a run is going
 _START_LOG_TIMEOUT_S = 10.0
 _LOST = (WorkerCrashedError, NodeDiedError, OutOfMemoryError, ObjectLostError)
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one job holds while it runs. Fractional GPUs pack several jobs on one GPU."""
-
-    num_cpus: float = 1
-    num_gpus: float = 0
-
-    def __post_init__(self) -> None:
-        for name in ("num_cpus", "num_gpus"):
-            value = getattr(self, name)
-            where = f"resources.{name}"
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ConfigError(where, f"must be a number; got {value!r}")
-            if value < 0:
-                raise ConfigError(where, f"must be >= 0; got {value!r}")
-            if value and abs(value * _UNITS - round(value * _UNITS)) > 1e-6:
-                raise ConfigError(where, f"Ray counts resources to 4 decimals; got {value!r}")
-        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
-            raise ConfigError(
-                "resources.num_gpus",
-                f"above 1 must be a whole number of GPUs; got {self.num_gpus!r} — "
-                "use a fraction below 1 (e.g. 0.25 packs 4 jobs per GPU) or 1, 2, ...",
-            )
-        if self.num_cpus == 0 and self.num_gpus == 0:
-            raise ConfigError(
-                "resources", "a job must ask for some CPU or GPU, or nothing bounds how many run at once"
-            )
-
-    def as_units(self) -> dict[str, int]:
-        wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus}
-        return {name: round(v * _UNITS) for name, v in wanted.items() if v}
 
 
 @dataclass(frozen=True)
@@ -371,7 +336,7 @@ class Dispatcher:
             if not node.get("Alive"):
                 continue
             have = node.get("Resources", {})
-            fits += min(round(have.get(name, 0) * _UNITS) // units for name, units in want.items())
+            fits += min(round(have.get(name, 0) * UNITS) // units for name, units in want.items())
         return fits
 
     def _room(self, resources: Resources, max_in_flight: int | None) -> int:

@@ -99,11 +99,17 @@ class Block(nn.Module):
 
 
 class Readout(MuReadout):
-    """mup's MuReadout (logits = output_mult / width_mult * W h, width_mult from set_base_shapes),
-    with the two scalar factors folded into one multiply."""
+    """mup's MuReadout: logits = (output_mult / width_mult) * W h + b, width_mult from mup's
+    set_base_shapes. The factor multiplies whichever of W and h is smaller (the product is the
+    same), one small op instead of MuReadout's two over the activations."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x * (self.output_mult / self.width_mult()), self.weight, self.bias)
+        mult = self.output_mult / self.width_mult()
+        if mult == 1.0:
+            return F.linear(x, self.weight, self.bias)
+        if self.weight.numel() < x.numel():
+            return F.linear(x, self.weight * mult, self.bias)
+        return F.linear(x * mult, self.weight, self.bias)
 
 
 class GPT(nn.Module):
@@ -121,7 +127,9 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab), or the mean cross-entropy when targets are given."""
         T = idx.shape[1]
-        x = self.wte(idx) + self.wpe.weight[:T]
+        # the whole table when T == seq_len (training), so backward skips a slice's zero-fill
+        pos = self.wpe.weight if T == self.wpe.num_embeddings else self.wpe.weight[:T]
+        x = self.wte(idx) + pos
         for block in self.blocks:
             x = block(x)
         logits = self.lm_head(self.ln_f(x))
@@ -149,15 +157,14 @@ def init_weights(model: GPT, generator: torch.Generator | None = None) -> None:
                 p.normal_(0.0, std, generator=generator)
 
 
-def build_model(
-    cfg: TrialConfig, vocab_size: int, device: str | torch.device = "cpu", seed: int | None = None
-) -> GPT:
+def build_model(cfg: TrialConfig, vocab_size: int, device: str | torch.device = "cpu") -> GPT:
     """The model for `cfg`, with mup base shapes set and muP (or SP) init applied.
 
     muP: base (width=base_width) and delta (width=2*base_width) models are built on the meta
     device, where they cost no memory or time; mup only reads their shapes. SP: base=None, mup's
     own SP mode, so every width_mult is 1. The model itself is also created on meta and
     materialized once on `device` before our init, skipping torch's default init entirely.
+    Weights are drawn from a generator seeded with cfg.seed: same seed, same model.
     """
     with torch.device("meta"):
         model = GPT(cfg, vocab_size)
@@ -173,6 +180,6 @@ def build_model(
     for n, p in model.named_parameters():
         p.infshape = infshapes[n]
     generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed if seed is None else seed)
+    generator.manual_seed(cfg.seed)
     init_weights(model, generator)
     return model

@@ -14,12 +14,9 @@ Every bad input raises ConfigError naming the offending key as a dotted path ("a
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
-import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +25,12 @@ from typing import Any
 import tomli_w
 
 from telescope.config import TrialConfig
-from telescope.dispatch import Resources  # what one trial asks Ray for
 from telescope.errors import ConfigError
+from telescope.resources import Resources
+from telescope.specfields import (
+    NAME_PATTERN, is_number, read_resources, read_seeds, read_table, read_toml, reject_unknown, required,
+    whole_number,
+)
 from telescope.telescoping import Axis, levels
 
 SAMPLERS = ("grid", "tpe", "gp", "random", "cmaes", "qmc")
@@ -55,12 +56,10 @@ AXIS_BOUNDS: dict[str, tuple[float, float]] = {
 }
 LOG_ONLY = ("lr", "init_std")  # scales: must stay > 0 however far the grid moves
 AXIS_KEYS = ("low", "high", "scale", "points")
-RESOURCE_KEYS = ("num_cpus", "num_gpus", "time_limit_s", "max_retries")
 TOP_LEVEL_KEYS = (
     "name", "base_width", "calibration_width", "target_width", "seeds", "min_points", "max_widenings",
     "sampler", "model", "training", "axes", "resources",
 )
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ class SweepSpec:
         try:
             return self.fixed.replace(width=width, seed=seed, **{k: float(v) for k, v in point.items()})
         except ConfigError as err:
-            raise ConfigError(_spec_path(err.field, self.axis_names), err.message) from None
+            raise ConfigError(spec_path(err.field, self.axis_names), err.message) from None
 
     def to_dict(self) -> dict[str, Any]:
         """The spec in its TOML layout, every setting spelled out (None values omitted)."""
@@ -162,7 +161,7 @@ def _per_level_out(values: list[float]) -> float | list[float]:
     return values[0] if len(set(values)) == 1 else values
 
 
-def _spec_path(field: str, axis_names: Sequence[str]) -> str:
+def spec_path(field: str, axis_names: Sequence[str]) -> str:
     """Where a TrialConfig field is set in the spec."""
     if field in axis_names:
         return f"axes.{field}"
@@ -181,36 +180,21 @@ def load_spec(path: str | Path) -> SweepSpec:
     return parse_spec(read_toml(path, "sweep spec", "sweeps/demo.toml, sweeps/paper.toml"))
 
 
-def read_toml(path: str | Path, what: str, examples: str) -> dict[str, Any]:
-    """A spec file's TOML as a dict, or a one-line ConfigError naming the file and the fix."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(str(p), f"no such file; check the path (example: {examples})")
-    if not p.is_file():
-        raise ConfigError(str(p), f"is not a file; give the path of a .toml {what}")
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(p), f"not valid TOML: {err}; fix the syntax there") from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(p), f"not UTF-8 text; a {what} is a TOML file") from None
-
-
 def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
     """Validate a spec given as a dict (the TOML layout) into a SweepSpec."""
     if not isinstance(data, Mapping):
         raise ConfigError("spec", f"must be a table of settings; got {type(data).__name__}")
-    _known(data, TOP_LEVEL_KEYS, "")
-    name = _required(data, "name", 'name = "my-sweep"')
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    reject_unknown(data, TOP_LEVEL_KEYS, "")
+    name = required(data, "name", 'name = "my-sweep"')
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ConfigError(
             "name", f"must be letters, digits, '.', '_' or '-' (it names the run); got {name!r}"
         )
-    base = _whole(_required(data, "base_width", "base_width = 256"), "base_width", 1)
-    calibration = _whole(
-        _required(data, "calibration_width", "calibration_width = 2048"), "calibration_width", 1
+    base = whole_number(required(data, "base_width", "base_width = 256"), "base_width", 1)
+    calibration = whole_number(
+        required(data, "calibration_width", "calibration_width = 2048"), "calibration_width", 1
     )
-    target = _whole(_required(data, "target_width", "target_width = 4096"), "target_width", 1)
+    target = whole_number(required(data, "target_width", "target_width = 4096"), "target_width", 1)
     widths = levels(base, calibration)
     if target < calibration:
         raise ConfigError(
@@ -218,11 +202,11 @@ def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
             f"must be >= calibration_width ({calibration}): it is the width you will train, the sweep's "
             f"largest width is below it; got {target}",
         )
-    seeds = _seeds(data.get("seeds", 1))
+    seeds = read_seeds(data.get("seeds", 1))
     axes = _axes(data)
     axis_names = tuple(a.name for a in axes)
-    model = _section(data, "model", MODEL_FIELDS, axis_names)
-    training = _section(data, "training", TRAINING_FIELDS, axis_names)
+    model = read_settings_section(data, "model", MODEL_FIELDS, axis_names)
+    training = read_settings_section(data, "training", TRAINING_FIELDS, axis_names)
 
     settings = {**model, **training, "seed": seeds[0]}
     fixed = _config(settings | {"width": base, "base_width": base}, axis_names, width_field="base_width")
@@ -240,7 +224,7 @@ def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
             "size (e.g. 50304)",
         )
 
-    min_points = _whole(data.get("min_points", 1), "min_points", 1)
+    min_points = whole_number(data.get("min_points", 1), "min_points", 1)
     if min_points % 2 == 0:
         raise ConfigError(
             "min_points", f"must be odd, so a grid keeps a point on the previous optimum; got {min_points}"
@@ -251,9 +235,9 @@ def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
                 f"axes.{a.name}.points",
                 f"must be >= min_points ({min_points}); got {a.points}: raise it or lower min_points",
             )
-    max_widenings = _whole(data.get("max_widenings", 2), "max_widenings", 0)
+    max_widenings = whole_number(data.get("max_widenings", 2), "max_widenings", 0)
     samplers = _samplers(data.get("sampler", "grid"), len(widths))
-    resources, time_limit, max_retries = _resources(data.get("resources", {}), len(widths))
+    resources, time_limit, max_retries = read_resources(data.get("resources", {}), len(widths))
     return SweepSpec(
         name=name,
         base_width=base,
@@ -271,61 +255,12 @@ def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
     )
 
 
-def _known(table: Mapping[str, Any], valid: Sequence[str], prefix: str) -> None:
-    for key in table:
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
-            raise ConfigError(f"{prefix}{key}", f"unknown key; {hint}")
-
-
-def _required(table: Mapping[str, Any], key: str, example: str, prefix: str = "") -> Any:
-    if key not in table:
-        raise ConfigError(f"{prefix}{key}", f"missing; add it, e.g. {example}")
-    return table[key]
-
-
-def _whole(value: Any, field: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(field, f"must be a whole number >= {minimum}; got {value!r}")
-    return value
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _seeds(value: Any) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise ConfigError(
-                "seeds", f"must be >= 1 (seeds per point) or a list of seeds like [0, 1, 2]; got {value}"
-            )
-        return tuple(range(value))
-    if isinstance(value, list) and value:
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-            raise ConfigError("seeds", f"a list of seeds must hold whole numbers >= 0; got {value!r}")
-        if len(set(value)) != len(value):
-            raise ConfigError("seeds", f"a list of seeds must not repeat one; got {value!r}")
-        return tuple(value)
-    raise ConfigError(
-        "seeds", f"must be a count >= 1 (e.g. 2) or a non-empty list of seeds (e.g. [0, 1]); got {value!r}"
-    )
-
-
-def _table(data: Mapping[str, Any], key: str, example: str) -> Mapping[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, Mapping):
-        raise ConfigError(key, f"must be a table, e.g. {example}; got {value!r}")
-    return value
-
-
-def _section(
+def read_settings_section(
     data: Mapping[str, Any], section: str, allowed: Sequence[str], axis_names: Sequence[str]
 ) -> dict[str, Any]:
     """Settings of [model] or [training], with ints given for float fields made floats (so
     `weight_decay = 0` and `= 0.0` are one trial)."""
-    table = _table(data, section, f"[{section}]")
+    table = read_table(data, section, f"[{section}]")
     out = {}
     for key, value in table.items():
         path = f"{section}.{key}"
@@ -339,7 +274,7 @@ def _section(
         if key in (TRAINING_FIELDS if section == "model" else MODEL_FIELDS):
             raise ConfigError(path, f"{key} is a {other} setting; move it to [{other}]")
         if key not in allowed:
-            _known({key: value}, allowed, f"{section}.")
+            reject_unknown({key: value}, allowed, f"{section}.")
         declared = TrialConfig.__dataclass_fields__[key].type
         is_float = declared == "float" or (isinstance(declared, type) and declared is float)
         as_float = is_float and isinstance(value, int) and not isinstance(value, bool)
@@ -353,12 +288,12 @@ def _config(settings: dict[str, Any], axis_names: Sequence[str], width_field: st
     except ConfigError as err:
         if err.field in ("width", "base_width"):
             raise ConfigError(width_field, f"{err.message}: change it, or model.head_dim") from None
-        raise ConfigError(_spec_path(err.field, axis_names), err.message) from None
+        raise ConfigError(spec_path(err.field, axis_names), err.message) from None
 
 
 def _axes(data: Mapping[str, Any]) -> tuple[Axis, ...]:
     example = "[axes.lr] with low = 1e-3, high = 3e-2, points = 5"
-    raw = _required(data, "axes", example)
+    raw = required(data, "axes", example)
     if not isinstance(raw, Mapping) or not raw:
         raise ConfigError("axes", f"must be one or more [axes.NAME] tables, e.g. {example}")
     axes = []
@@ -368,15 +303,15 @@ def _axes(data: Mapping[str, Any]) -> tuple[Axis, ...]:
             raise ConfigError(path, f"not a sweepable hyperparameter; choose from {', '.join(AXIS_BOUNDS)}")
         if not isinstance(table, Mapping):
             raise ConfigError(path, f"must be a table with low, high, points (and scale), e.g. {example}")
-        _known(table, AXIS_KEYS, f"{path}.")
+        reject_unknown(table, AXIS_KEYS, f"{path}.")
         for key, example_value in (("low", "1e-3"), ("high", "3e-2"), ("points", "5")):
-            _required(table, key, f"{key} = {example_value}", f"{path}.")
+            required(table, key, f"{key} = {example_value}", f"{path}.")
         scale = table.get("scale", "log")
         if name in LOG_ONLY and scale == "linear":
             raise ConfigError(
                 f"{path}.scale", f'{name} must stay > 0 as the grid moves: sweep it with scale = "log"'
             )
-        low, high = (float(table[k]) if _number(table[k]) else table[k] for k in ("low", "high"))
+        low, high = (float(table[k]) if is_number(table[k]) else table[k] for k in ("low", "high"))
         axes.append(Axis(name, low, high, scale, table["points"], AXIS_BOUNDS[name]))
     return tuple(axes)
 
@@ -392,45 +327,3 @@ def _samplers(value: Any, n_levels: int) -> tuple[str, ...]:
         if s not in SAMPLERS:
             raise ConfigError("sampler", f"unknown sampler {s!r}; choose from {', '.join(SAMPLERS)}")
     return tuple(names)
-
-
-def _resources(value: Any, n_levels: int) -> tuple[tuple[Resources, ...], float | None, int]:
-    if not isinstance(value, Mapping):
-        raise ConfigError("resources", f"must be a table: [resources] with {', '.join(RESOURCE_KEYS)}")
-    _known(value, RESOURCE_KEYS, "resources.")
-    cpus = _per_level(value.get("num_cpus", 1), n_levels, "resources.num_cpus", _check_cpus)
-    gpus = _per_level(value.get("num_gpus", 0), n_levels, "resources.num_gpus", _check_gpus)
-    time_limit = value.get("time_limit_s")
-    if time_limit is not None and not (_number(time_limit) and time_limit > 0):
-        raise ConfigError(
-            "resources.time_limit_s",
-            f"must be a positive number of seconds (or left out); got {time_limit!r}",
-        )
-    retries = _whole(value.get("max_retries", 3), "resources.max_retries", 0)
-    return tuple(Resources(c, g) for c, g in zip(cpus, gpus)), time_limit, retries
-
-
-def _per_level(value: Any, n_levels: int, field: str, check: Any) -> list[float]:
-    values = value if isinstance(value, list) else [value] * n_levels
-    if len(values) != n_levels:
-        raise ConfigError(field, f"a list needs one entry per level ({n_levels} levels); got {len(values)}")
-    for v in values:
-        check(v, field)
-    return values
-
-
-def _check_cpus(v: Any, field: str) -> None:
-    if not (_number(v) and v > 0):
-        raise ConfigError(field, f"must be a number of CPUs per trial > 0 (e.g. 1); got {v!r}")
-
-
-def _check_gpus(v: Any, field: str) -> None:
-    if not (_number(v) and v >= 0):
-        raise ConfigError(field, f"must be a number of GPUs per trial >= 0; got {v!r}")
-    if v > 1 and v != int(v):
-        raise ConfigError(
-            field,
-            f"fractional GPUs > 1 for one trial cannot be packed; got {v!r}: use a fraction <= 1 "
-            "(0.25 runs four trials per GPU) or a whole number",
-        )
-

@@ -86,7 +86,7 @@ def build_engine(cfg: TrialConfig, device: torch.device | None = None) -> Engine
 
 
 @contextlib.contextmanager
-def _torch_settings(cfg: TrialConfig, device: torch.device):
+def torch_settings(cfg: TrialConfig, device: torch.device):
     """Threads for this trial, restored afterwards: run_trial must not leave global torch state
     changed in a notebook or a long-lived worker.
 
@@ -106,7 +106,7 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
     """Train `cfg` and report; bit-for-bit repeatable on CPU for a fixed seed and thread count."""
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    with _torch_settings(cfg, device):
+    with torch_settings(cfg, device):
         engine = build_engine(cfg, device)
         to_device = lambda x, y: (x.to(device, non_blocking=True), y.to(device, non_blocking=True))  # noqa: E731
         val = [to_device(x, y) for x, y in val_batches(engine.corpus, cfg.batch_size, cfg.seq_len, cfg.eval_batches)]

@@ -66,8 +66,10 @@ def test_transfer_quick(tmp_path: Path) -> None:
 
 @pytest.mark.bench
 def test_engine_quick(tmp_path: Path) -> None:
-    if "--quick" not in run(str(BENCH / "engine.py"), "--help", timeout=120).stdout:
-        pytest.skip("bench/engine.py has no --quick mode")
-    out = run(str(BENCH / "engine.py"), "--quick", "--out", str(tmp_path / "engine.csv"), timeout=600).stdout
-    assert out.strip()
-    assert (tmp_path / "engine.csv").exists()
+    out_csv = tmp_path / "engine.csv"
+    out = run(str(BENCH / "engine.py"), "--quick", "--out", str(out_csv), timeout=600).stdout
+    assert has_header(out, "width", "opt", "step ms", "MFU", "ref ms", "ratio", "muon+%", "NS GFLOP")
+    rows = csv_rows(out_csv)
+    assert [(r["width"], r["optimizer"]) for r in rows] == [("64", "adamw"), ("64", "muon")]
+    assert all(0 < float(r["mfu"]) and 0 < float(r["ratio"]) for r in rows)
+    assert float(rows[1]["ns_gflop_per_step"]) > 0 == float(rows[0]["ns_gflop_per_step"])

@@ -10,7 +10,7 @@ import torch
 from telescope.config import TrialConfig
 from telescope.flops import matmul_params
 from telescope.model import build_model, param_role
-from telescope.optim import build_optimizers, group_parameters, lr_factor
+from telescope.optim import MUON_KWARGS, Muon, build_optimizers, group_parameters, lr_factor
 from telescope.scaling import GROUPS, scaling_for
 
 VOCAB = 256
@@ -170,6 +170,26 @@ def test_attention_is_causal_and_init_is_seeded():
     out, out2 = a(idx), a(changed)
     assert torch.allclose(out[0, :10], out2[0, :10], atol=1e-6)
     assert not torch.allclose(out[0, 10:], out2[0, 10:], atol=1e-3)
+
+
+@pytest.mark.parametrize("d", [64, 256])
+def test_batched_muon_matches_torch_muon_bit_for_bit(d):
+    # same-shape stacks, tall (4d x d) and wide (d x 4d) sharing one stack, and a lone matrix
+    shapes = [(d, d)] * 4 + [(4 * d, d)] * 2 + [(d, 4 * d)] * 2 + [(3, d)]
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(0.02 * torch.randn(*s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    start = [p.detach().clone() for p in ours]
+    opts = [cls(params, lr=0.02, weight_decay=0.1, **MUON_KWARGS)
+            for cls, params in ((Muon, ours), (torch.optim.Muon, theirs))]
+    for _ in range(3):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        for opt in opts:
+            opt.step()
+        assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+    assert all(not torch.equal(p, s) for p, s in zip(ours, start))  # and they did move
 
 
 def test_lr_schedule():

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from telescope.cli.sweep import _add_ray_args, _ray_kwargs
+from telescope.cli.sweep import add_ray_args, ray_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("spec", help="compare spec (TOML), e.g. sweeps/compare.toml")
     p.add_argument("--out", required=True, metavar="DIR", help="study directory (ledger, compare.json, figures)")
-    _add_ray_args(p)
+    add_ray_args(p)
     p.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
                    help="write ratio.png, tradeoff.png and curves.png into DIR (default: on)")
     p.add_argument("--json", action="store_true", help="print compare.json's table instead of a summary")
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from telescope.compare import RESULT_FILE, format_table, run_compare
 
-    table = run_compare(args.spec, args.out, plot=args.plot, **_ray_kwargs(args))
+    table = run_compare(args.spec, args.out, plot=args.plot, **ray_kwargs(args))
     if args.json:
         print(json.dumps(table, indent=2))
     else:

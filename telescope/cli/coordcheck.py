@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from telescope.cli.trial import _OPTIONS as TRIAL_OPTIONS
+from telescope.cli.trial import TRIAL_OPTIONS
 from telescope.config import HIDDEN_LR_RULES, TrialConfig
 from telescope.coordcheck import DEFAULTS, METRIC_LABELS, METRIC_LAYERS, coord_check, plot
 from telescope.errors import ConfigError

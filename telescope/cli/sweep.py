@@ -24,12 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("run", help="run a telescoping sweep, recording every trial in DIR")
     p.add_argument("spec", help="sweep spec (TOML), e.g. sweeps/demo.toml")
     p.add_argument("--out", required=True, metavar="DIR", help="sweep directory (ledger, spec copy)")
-    _add_ray_args(p)
+    add_ray_args(p)
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser("resume", help="finish an interrupted sweep from its directory")
     p.add_argument("dir", metavar="DIR")
-    _add_ray_args(p)
+    add_ray_args(p)
     p.set_defaults(func=cmd_resume)
 
     p = subparsers.add_parser("status", help="where a sweep stands: per level done/failed/diverged, optimum")
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
-def _add_ray_args(p: argparse.ArgumentParser) -> None:
+def add_ray_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help=_ADDRESS_HELP)
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all); ignored with --address")
     p.add_argument("--quiet", action="store_true", help="no progress display")
@@ -65,14 +65,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from telescope.controller import run_sweep
 
-    state = run_sweep(args.spec, args.out, **_ray_kwargs(args))
+    state = run_sweep(args.spec, args.out, **ray_kwargs(args))
     return _report(state, Path(args.out))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from telescope.controller import resume_sweep
 
-    state = resume_sweep(args.dir, **_ray_kwargs(args))
+    state = resume_sweep(args.dir, **ray_kwargs(args))
     return _report(state, Path(args.dir))
 
 
@@ -99,7 +99,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ray_kwargs(args: argparse.Namespace) -> dict:
+def ray_kwargs(args: argparse.Namespace) -> dict:
     from telescope.progress import Progress
 
     if args.num_cpus is not None and args.num_cpus < 1:

@@ -16,7 +16,7 @@ from telescope.trial import run_trial
 
 _DEFAULTS = TrialConfig()
 # (flag, TrialConfig field, type, choices); defaults and validation come from TrialConfig
-_OPTIONS: list[tuple[str, str, type, tuple[str, ...] | None]] = [
+TRIAL_OPTIONS: list[tuple[str, str, type, tuple[str, ...] | None]] = [
     ("--width", "width", int, None),
     ("--base-width", "base_width", int, None),
     ("--depth", "depth", int, None),
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "lr, init-std and weight-decay are base values: muP rescales them per layer group "
                     "from width / base-width.",
     )
-    for flag, name, kind, choices in _OPTIONS:
+    for flag, name, kind, choices in TRIAL_OPTIONS:
         default = getattr(_DEFAULTS, name)
         p.add_argument(flag, dest=name, type=kind, choices=choices, default=None, metavar=None if choices else name.upper(),
                        help=f"default {default}")
@@ -60,7 +60,7 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = TrialConfig(**{name: getattr(args, name) for _, name, _, _ in _OPTIONS if getattr(args, name) is not None})
+    cfg = TrialConfig(**{name: getattr(args, name) for _, name, _, _ in TRIAL_OPTIONS if getattr(args, name) is not None})
     entropy = unigram_entropy(load_corpus(cfg.data, cfg.vocab_size, cfg.val_frac))  # bad data fails fast
     result = run_trial(cfg)
     summary = result.summary()

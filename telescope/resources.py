@@ -1,0 +1,50 @@
+"""What one trial asks Ray for: a `Resources` of CPUs and GPUs, checked against Ray's rules.
+
+This module does not import Ray, so the spec can use it without pulling Ray in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from telescope.errors import ConfigError
+
+__all__ = ["UNITS", "Resources"]
+
+# Ray keeps resource quantities in fixed point with four decimals; doing the capacity arithmetic
+# in the same units keeps 1 / 0.1 GPU from flooring to 9.
+UNITS = 10_000
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job holds while it runs. Fractional GPUs pack several jobs on one GPU."""
+
+    num_cpus: float = 1
+    num_gpus: float = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_cpus", "num_gpus"):
+            value = getattr(self, name)
+            where = f"resources.{name}"
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ConfigError(where, f"must be a number; got {value!r}")
+            if value < 0:
+                raise ConfigError(where, f"must be >= 0; got {value!r}")
+            if value and abs(value * UNITS - round(value * UNITS)) > 1e-6:
+                raise ConfigError(where, f"Ray counts resources to 4 decimals; got {value!r}")
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ConfigError(
+                "resources.num_gpus",
+                f"above 1 must be a whole number of GPUs; got {self.num_gpus!r} — "
+                "use a fraction below 1 (e.g. 0.25 packs 4 jobs per GPU) or 1, 2, ...",
+            )
+        if self.num_cpus == 0 and self.num_gpus == 0:
+            raise ConfigError(
+                "resources", "a job must ask for some CPU or GPU, or nothing bounds how many run at once"
+            )
+
+    def as_units(self) -> dict[str, int]:
+        wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus}
+        return {name: round(v * UNITS) for name, v in wanted.items() if v}

@@ -1,0 +1,134 @@
+"""Validating readers for the fields of a TOML spec, shared by the sweep spec (telescope.spec)
+and the compare study spec (telescope.compare).
+
+Each reader returns the checked value or raises ConfigError naming the offending key as a dotted
+path ("resources.num_gpus").
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from telescope.errors import ConfigError
+from telescope.resources import Resources
+
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "time_limit_s", "max_retries")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def read_toml(path: str | Path, what: str, examples: str) -> dict[str, Any]:
+    """A spec file's TOML as a dict, or a one-line ConfigError naming the file and the fix."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(str(p), f"no such file; check the path (example: {examples})")
+    if not p.is_file():
+        raise ConfigError(str(p), f"is not a file; give the path of a .toml {what}")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(p), f"not valid TOML: {err}; fix the syntax there") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(p), f"not UTF-8 text; a {what} is a TOML file") from None
+
+
+def reject_unknown(table: Mapping[str, Any], valid: Sequence[str], prefix: str) -> None:
+    """Raise ConfigError on the first key of `table` not in `valid`, suggesting the closest."""
+    for key in table:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+            raise ConfigError(f"{prefix}{key}", f"unknown key; {hint}")
+
+
+def required(table: Mapping[str, Any], key: str, example: str, prefix: str = "") -> Any:
+    """`table[key]`, or a ConfigError saying it is missing, with `example` as the fix."""
+    if key not in table:
+        raise ConfigError(f"{prefix}{key}", f"missing; add it, e.g. {example}")
+    return table[key]
+
+
+def whole_number(value: Any, field: str, minimum: int) -> int:
+    """`value` if it is a whole number >= `minimum`, else a ConfigError on `field`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(field, f"must be a whole number >= {minimum}; got {value!r}")
+    return value
+
+
+def is_number(value: Any) -> bool:
+    """Whether `value` is a finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_seeds(value: Any) -> tuple[int, ...]:
+    """The top-level `seeds`: a count (seeds 0..n-1) or a list of distinct seeds, as a tuple."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ConfigError(
+                "seeds", f"must be >= 1 (seeds per point) or a list of seeds like [0, 1, 2]; got {value}"
+            )
+        return tuple(range(value))
+    if isinstance(value, list) and value:
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+            raise ConfigError("seeds", f"a list of seeds must hold whole numbers >= 0; got {value!r}")
+        if len(set(value)) != len(value):
+            raise ConfigError("seeds", f"a list of seeds must not repeat one; got {value!r}")
+        return tuple(value)
+    raise ConfigError(
+        "seeds", f"must be a count >= 1 (e.g. 2) or a non-empty list of seeds (e.g. [0, 1]); got {value!r}"
+    )
+
+
+def read_table(data: Mapping[str, Any], key: str, example: str) -> Mapping[str, Any]:
+    """`data[key]` as a table ({} if absent), or a ConfigError showing `example`."""
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"must be a table, e.g. {example}; got {value!r}")
+    return value
+
+
+def read_resources(value: Any, n_levels: int) -> tuple[tuple[Resources, ...], float | None, int]:
+    """[resources] as (one Resources per level, time_limit_s or None, max_retries)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError("resources", f"must be a table: [resources] with {', '.join(RESOURCE_KEYS)}")
+    reject_unknown(value, RESOURCE_KEYS, "resources.")
+    cpus = _per_level(value.get("num_cpus", 1), n_levels, "resources.num_cpus", _check_cpus)
+    gpus = _per_level(value.get("num_gpus", 0), n_levels, "resources.num_gpus", _check_gpus)
+    time_limit = value.get("time_limit_s")
+    if time_limit is not None and not (is_number(time_limit) and time_limit > 0):
+        raise ConfigError(
+            "resources.time_limit_s",
+            f"must be a positive number of seconds (or left out); got {time_limit!r}",
+        )
+    retries = whole_number(value.get("max_retries", 3), "resources.max_retries", 0)
+    return tuple(Resources(c, g) for c, g in zip(cpus, gpus)), time_limit, retries
+
+
+def _per_level(value: Any, n_levels: int, field: str, check: Any) -> list[float]:
+    values = value if isinstance(value, list) else [value] * n_levels
+    if len(values) != n_levels:
+        raise ConfigError(field, f"a list needs one entry per level ({n_levels} levels); got {len(values)}")
+    for v in values:
+        check(v, field)
+    return values
+
+
+def _check_cpus(v: Any, field: str) -> None:
+    if not (is_number(v) and v > 0):
+        raise ConfigError(field, f"must be a number of CPUs per trial > 0 (e.g. 1); got {v!r}")
+
+
+def _check_gpus(v: Any, field: str) -> None:
+    if not (is_number(v) and v >= 0):
+        raise ConfigError(field, f"must be a number of GPUs per trial >= 0; got {v!r}")
+    if v > 1 and v != int(v):
+        raise ConfigError(
+            field,
+            f"fractional GPUs > 1 for one trial cannot be packed; got {v!r}: use a fraction <= 1 "
+            "(0.25 runs four trials per GPU) or a whole number",
+        )

@@ -1,11 +1,11 @@
 """Orchestration overhead: the same short trials run by telescope's Dispatcher, Ray Tune, Optuna
 and a plain loop.
 
-    .venv/bin/python bench/orchestration.py [--trials 32] [--steps 150] [--rounds 2] [--quick]
+    .venv/bin/python bench/orchestration.py [--trials 32] [--steps 450] [--rounds 2] [--quick]
 
 The work: `--trials` real `telescope.trial.run_trial` calls (width 32, depth 2, seq 64, batch 8,
-`--steps` Muon steps, one final evaluation; at 150 steps ~1.4 s of CPU and ~2 s of wall time on
-the shared 2-core development box), points of an lr x init_std grid. Real trials rather than a
+`--steps` Muon steps, one final evaluation; at 450 steps ~3 s on one idle core of the 2-core
+development box: the issue's "trials of a few seconds each"), points of an lr x init_std grid. Real trials rather than a
 synthetic busy loop, because what an orchestrator must carry is exactly this: worker processes
 that import torch, load the corpus and build a model, and Python-heavy small-tensor training steps
 that hold the GIL much of the time (which decides how well Optuna's thread-based n_jobs can
@@ -258,8 +258,8 @@ def summarise(data: dict[str, Any], round_no: int, order: int) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=32, help="trials per contender")
-    parser.add_argument("--steps", type=int, default=150,
-                        help="training steps per trial (150: ~1.4 s of CPU, ~2 s on this shared 2-core box)")
+    parser.add_argument("--steps", type=int, default=450,
+                        help="training steps per trial (450: ~3 s on one idle core of the 2-core box)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported")
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     parser.add_argument("--quick", action="store_true", help="2 tiny trials, 1 round: a smoke run")

@@ -275,16 +275,21 @@ def test_interrupt_cancels_running_jobs(dispatcher, tmp_path):
     jobs = [Job("long", hang, str(pid_file)), Job("short", sleep_for, 0.1)]
     signalled: list[float] = []
 
-    def sigint() -> None:
-        signalled.append(time.monotonic())
-        os.kill(os.getpid(), signal.SIGINT)
+    def sigint_once_running() -> None:
+        # a real SIGINT, delivered while run() sits in ray.wait with the hung job running. Keyed
+        # to the job's own start, not to another job's outcome: after the tests above, Ray may
+        # take a moment to free a slot, and the short job could then queue behind the long one.
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_file.exists():
+            time.sleep(0.3)
+            signalled.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
 
-    def interrupt_soon(o: Outcome) -> None:
-        # a real SIGINT, delivered while run() sits in ray.wait
-        threading.Timer(0.3, sigint).start()
-
+    threading.Thread(target=sigint_once_running, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        dispatcher.run(jobs, interrupt_soon)
+        dispatcher.run(jobs, lambda o: None)
     assert time.monotonic() - signalled[0] < 3, "run() sat on the interrupt"
     assert wait_until_dead(hung_job(pid_file)[0], within_s=3), "the running job was not cancelled"
 

@@ -14,8 +14,7 @@ import sys
 
 from telescope.errors import ConfigError
 
-# Command modules, in the order their commands appear in --help. A module that does not exist
-# yet is skipped, so the CLI works while the project grows.
+# Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = ("trial", "coordcheck", "sweep", "compare", "report")
 
 
@@ -32,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"telescope.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"telescope.cli.{name}":
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(f"telescope.cli.{name}").register(subparsers)
     return parser
 
 

@@ -63,6 +63,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from telescope.spec import load_spec
+
+    load_spec(args.spec)  # a bad spec fails here in a blink, before Ray and torch are imported
     from telescope.controller import run_sweep
 
     state = run_sweep(args.spec, args.out, **ray_kwargs(args))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
 import subprocess
 import time
 
@@ -126,6 +129,42 @@ def test_a_second_controller_on_the_same_directory_is_refused(tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+def test_ctrl_c_stops_the_run_in_seconds_and_resume_finishes_it(reference, tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: exit 130 with one line,
+    running trials cancelled, nothing recorded lost, the lock released for `resume`."""
+    ref_spec, ref_out, _ = reference
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(ref_spec.read_text())
+    out = tmp_path / "out"
+    proc = subprocess.Popen(telescope_cmd("run", str(spec), "--out", str(out), "--num-cpus", "2", "--quiet"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while committed_parts(out) < 2:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no 2 trials within 240 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        assert time.monotonic() - interrupted < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "telescope: interrupted" and "Traceback" not in stderr
+    before = raw_trials(out)
+    assert len(before) >= 2 and before["trial_id"].is_unique
+    result = run_cli("resume", str(out), "--num-cpus", "2")
+    assert result.returncode == 0, result.stderr
+    after = raw_trials(out).set_index("trial_id")
+    assert after.index.is_unique and set(after.index) == set(Ledger(ref_out).trials()["trial_id"])
+    assert after.loc[before["trial_id"], "finished_at"].tolist() == before["finished_at"].tolist()
 
 
 def test_optuna_level_spends_the_same_budget_inside_the_narrowed_box(tmp_path):

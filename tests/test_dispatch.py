@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -271,29 +271,68 @@ def test_gpu_task_gets_a_fresh_worker_each_time(dispatcher):
     assert wait_until_dead(worker, within_s=10)
 
 
-def test_interrupt_cancels_running_jobs(dispatcher, tmp_path):
+INTERRUPTED_DRIVER = """
+import os, sys, time
+from pathlib import Path
+from telescope.dispatch import Dispatcher, Job
+
+
+def hang(pid_file):
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+def gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state == "Z"  # killed, only not yet reaped
+
+
+dispatcher = Dispatcher(num_cpus=2, poll_interval_s=0.1)
+try:
+    dispatcher.run([Job("long", hang, sys.argv[1]), Job("short", time.sleep, 0.1)], lambda o: None)
+    print("run returned", flush=True)
+except KeyboardInterrupt:
+    print(f"interrupted at {time.time()}", flush=True)
+    pid = int(Path(sys.argv[1]).read_text())
+    deadline = time.monotonic() + 3
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("job cancelled" if gone(pid) else "job still running", flush=True)  # before Ray stops
+finally:
+    dispatcher.shutdown()
+"""
+
+
+def test_interrupt_cancels_running_jobs(tmp_path):
+    """A real SIGINT to a fresh driver (as Ctrl-C sends it) while run() sits in ray.wait: run()
+    raises KeyboardInterrupt at once and the running job is force-cancelled before Ray stops.
+    In a fresh process because inside this long-lived pytest process, after many Ray starts and
+    stops, a SIGINT was seen to go unanswered."""
     pid_file = tmp_path / "pid"
-    jobs = [Job("long", hang, str(pid_file)), Job("short", sleep_for, 0.1)]
-    signalled: list[float] = []
-
-    def sigint_once_running() -> None:
-        # Ctrl-C as Python sees it, while run() sits in ray.wait with the hung job running.
-        # interrupt_main runs the SIGINT handler in the main thread; an os.kill of this pytest
-        # process was seen to go unanswered after hundreds of earlier tests had started and
-        # stopped Ray in it. A real Ctrl-C on a fresh `telescope run` is tested in test_sweep.py.
-        deadline = time.monotonic() + 30
-        while not pid_file.exists() and time.monotonic() < deadline:
+    driver = tmp_path / "driver.py"
+    driver.write_text(INTERRUPTED_DRIVER)
+    proc = subprocess.Popen([sys.executable, str(driver), str(pid_file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.05)
-        if pid_file.exists():
-            time.sleep(0.3)
-            signalled.append(time.monotonic())
-            _thread.interrupt_main(signal.SIGINT)
-
-    threading.Thread(target=sigint_once_running, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        dispatcher.run(jobs, lambda o: None)
-    assert time.monotonic() - signalled[0] < 3, "run() sat on the interrupt"
-    assert wait_until_dead(hung_job(pid_file)[0], within_s=3), "the running job was not cancelled"
+        time.sleep(0.3)
+        signalled = time.time()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = out.splitlines()
+    assert lines and lines[0].startswith("interrupted at "), out + err
+    assert float(lines[0].split()[-1]) - signalled < 3, "run() sat on the interrupt"
+    assert lines[1] == "job cancelled"
 
 
 def test_duplicate_running_key_is_rejected(dispatcher):

@@ -24,6 +24,10 @@ OPTIMIZERS = ("muon", "adamw")
 PARAMETERIZATIONS = ("mup", "sp")
 HIDDEN_LR_RULES = ("adam-mup", "spectral")
 DEVICES = ("auto", "cpu", "cuda")
+# The coordinate check's trial settings (telescope.coordcheck): a moderately large lr, so SP's
+# width dependence shows within a few steps; a shape small enough that widths 32..256 run in
+# seconds on a CPU. Here, torch-free, so the CLI can show them without importing torch.
+COORDCHECK_DEFAULTS = dict(depth=2, seq_len=64, batch_size=8, lr=0.02, init_std=0.02)
 BUILTIN_CORPUS = "builtin:stdlib"
 EXECUTION_FIELDS = frozenset({"num_threads"})  # how a trial runs, not what it computes
 

@@ -47,9 +47,6 @@ WEIGHTED = ("attn", "mlp", "logits")  # layer types that are modules with weight
 METRIC_LAYERS = {"scale": LAYERS, "delta": LAYERS, "update": WEIGHTED}
 METRICS = tuple(METRIC_LAYERS)
 METRIC_LABELS = {"scale": "|h_t|", "delta": "|h_t - h_0|", "update": "|f(x; W_t) - f(x; W_0)|"}
-# A moderately large lr, so SP's width dependence shows within a few steps; a shape small enough
-# that widths 32..256 run in seconds on a CPU.
-DEFAULTS = dict(depth=2, seq_len=64, batch_size=8, lr=0.02, init_std=0.02)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,14 @@ def telescope_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "telescope", *args]
 
 
+def terminal_cmd(*args: str) -> list[str]:
+    """telescope_cmd with Ctrl-C raising KeyboardInterrupt as in a terminal, even when this test
+    run was started in the background, where SIGINT arrives ignored and Python keeps it so."""
+    boot = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.argv[0] = 'telescope'; runpy.run_module('telescope', run_name='__main__')")
+    return [sys.executable, "-c", boot, *args]
+
+
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(telescope_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 

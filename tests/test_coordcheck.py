@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from telescope.cli import main
-from telescope.config import TrialConfig
-from telescope.coordcheck import DEFAULTS, LAYERS, METRIC_LAYERS, coord_check
+from telescope.config import COORDCHECK_DEFAULTS, TrialConfig
+from telescope.coordcheck import LAYERS, METRIC_LAYERS, coord_check
 from telescope.errors import ConfigError
 
 WIDTHS, STEPS, SEEDS = [32, 64, 128, 256], 4, 2
-BASE = TrialConfig(**DEFAULTS, num_threads=1)  # one thread: tiny models, shared cores
+BASE = TrialConfig(**COORDCHECK_DEFAULTS, num_threads=1)  # one thread: tiny models, shared cores
 LEARNING_STEPS = range(2, STEPS + 1)  # step 1 is mostly warm-up of the optimizers' state
 
 
@@ -37,7 +37,7 @@ def slope(check, metric, variant, layer, t):
 
 def test_shape_of_the_data(check):
     assert check.variants == ["mup/adam-mup", "mup/spectral", "sp"]
-    assert check.widths == WIDTHS and check.optimizer == "muon" and check.lr == DEFAULTS["lr"]
+    assert check.widths == WIDTHS and check.optimizer == "muon" and check.lr == COORDCHECK_DEFAULTS["lr"]
     for metric, layers in METRIC_LAYERS.items():
         for variant in check.variants:
             assert set(check.values[metric][variant]) == set(layers)

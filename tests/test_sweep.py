@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from sweep_helpers import (
-    ROOT, committed_parts, raw_trials, run_cli, start_and_kill, telescope_cmd, tree_digest, write_spec,
+    ROOT, committed_parts, raw_trials, run_cli, start_and_kill, telescope_cmd, terminal_cmd, tree_digest,
+    write_spec,
 )
 from telescope.controller import run_sweep, resume_sweep, sweep_state
 from telescope.export import export
@@ -138,7 +139,7 @@ def test_ctrl_c_stops_the_run_in_seconds_and_resume_finishes_it(reference, tmp_p
     spec = tmp_path / "tiny.toml"
     spec.write_text(ref_spec.read_text())
     out = tmp_path / "out"
-    proc = subprocess.Popen(telescope_cmd("run", str(spec), "--out", str(out), "--num-cpus", "2", "--quiet"),
+    proc = subprocess.Popen(terminal_cmd("run", str(spec), "--out", str(out), "--num-cpus", "2", "--quiet"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             start_new_session=True)
     try:

@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 
 from telescope.cli.trial import TRIAL_OPTIONS
-from telescope.config import HIDDEN_LR_RULES, TrialConfig
-from telescope.coordcheck import DEFAULTS, METRIC_LABELS, METRIC_LAYERS, coord_check, plot
+from telescope.config import COORDCHECK_DEFAULTS, HIDDEN_LR_RULES, TrialConfig
 from telescope.errors import ConfigError
 
 # the trial command's flags that make sense here (width, parameterization and the rule are what
@@ -19,7 +18,7 @@ from telescope.errors import ConfigError
 _FIELDS = ("optimizer", "lr", "init_std", "weight_decay", "base_width", "depth", "head_dim", "seq_len",
            "batch_size", "data", "vocab_size", "seed", "device", "num_threads")
 _OPTIONS = [opt for opt in TRIAL_OPTIONS if opt[1] in _FIELDS]
-_DEFAULTS = {**TrialConfig().to_dict(), **DEFAULTS}
+_DEFAULTS = {**TrialConfig().to_dict(), **COORDCHECK_DEFAULTS}
 _WIDTHS, _STEPS, _SEEDS = [32, 64, 128, 256], 4, 2
 
 
@@ -57,6 +56,8 @@ def _check_output(path: str | None, want_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from telescope.coordcheck import METRIC_LABELS, METRIC_LAYERS, coord_check, plot  # torch
+
     _check_output(args.output, args.json)
     base = TrialConfig(**{name: getattr(args, name) for _, name, _, _ in _OPTIONS})
     rules = list(HIDDEN_LR_RULES) if args.hidden_lr_rule == "both" else [args.hidden_lr_rule]

@@ -11,8 +11,6 @@ import math
 from typing import Any
 
 from telescope.config import DEVICES, HIDDEN_LR_RULES, OPTIMIZERS, PARAMETERIZATIONS, TrialConfig
-from telescope.data import load_corpus, unigram_entropy
-from telescope.trial import run_trial
 
 _DEFAULTS = TrialConfig()
 # (flag, TrialConfig field, type, choices); defaults and validation come from TrialConfig
@@ -60,6 +58,9 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from telescope.data import load_corpus, unigram_entropy  # torch: imported by the command, not by --help
+    from telescope.trial import run_trial
+
     cfg = TrialConfig(**{name: getattr(args, name) for _, name, _, _ in TRIAL_OPTIONS if getattr(args, name) is not None})
     entropy = unigram_entropy(load_corpus(cfg.data, cfg.vocab_size, cfg.val_frac))  # bad data fails fast
     result = run_trial(cfg)

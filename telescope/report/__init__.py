@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from telescope.config import TrialConfig
+from telescope.config import COORDCHECK_DEFAULTS, TrialConfig
 from telescope.controller import sweep_state
 from telescope.errors import ConfigError
 from telescope.ledger import atomic_write
@@ -136,7 +136,7 @@ def _coordcheck(spec: SweepSpec, state: SweepState, path: Path, data: ReportData
         data.notes.append(f"coordinate check: unavailable (telescope.coordcheck cannot be imported: {err})")
         return
     try:
-        cfg, widths = coordcheck_setup(spec, state, coordcheck.DEFAULTS)
+        cfg, widths = coordcheck_setup(spec, state, COORDCHECK_DEFAULTS)
         rules = ("adam-mup", "spectral") if cfg.optimizer == "muon" else None
         check = coordcheck.coord_check(cfg, widths=widths, steps=COORDCHECK_STEPS, seeds=1,
                                        parameterizations=("mup", "sp"), hidden_lr_rules=rules)

@@ -17,7 +17,6 @@ Select with `-m cluster`.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -30,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cluster_helpers import ESTABLISHED, LISTEN, load_local_cluster, socket_inodes, tcp_sockets
 from sweep_helpers import ROOT, committed_parts, raw_trials, start_and_kill, telescope_cmd, write_spec
 from telescope.controller import sweep_state
 from telescope.ledger import Ledger
@@ -42,17 +42,7 @@ pytestmark = [
 ]
 
 
-def _load_local_cluster():
-    if "local_cluster" in sys.modules:  # test_local_cluster.py loaded it already
-        return sys.modules["local_cluster"]
-    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "cluster" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["local_cluster"] = module  # dataclasses look the module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-lc = _load_local_cluster()
+lc = load_local_cluster()
 
 # Node death noticed in ~3 s instead of Ray's default ~15 s.
 FAST_HEALTH_CHECKS = {
@@ -202,35 +192,6 @@ def wait_until_no_trials(cluster, ids: set[str], timeout_s: float = 60) -> None:
         time.sleep(0.2)
 
 
-def _tcp_table() -> dict[int, tuple[str, int, int]]:
-    """socket inode -> (state hex, local port, remote port) for every IPv4/IPv6 TCP socket."""
-    out = {}
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            f = line.split()
-            out[int(f[9])] = (f[3], int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16))
-    return out
-
-
-def _socket_inodes(pid: int) -> set[int]:
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
-    except (FileNotFoundError, PermissionError):
-        pass
-    return inodes
-
-
 def reported_start(cluster, pids: dict[str, int]) -> set[str]:
     """The trials (of `pids`) that have told the controller's start log they started.
 
@@ -240,11 +201,13 @@ def reported_start(cluster, pids: dict[str, int]) -> set[str]:
     """
     log_pids = [pid for n in cluster.nodes if not n.killed for pid in lc.node_processes(n.pgid)
                 if (lc._cmdline(pid) or [""])[0].startswith("ray::_StartLog")]
-    tcp = _tcp_table()
-    listening = {tcp[i][1] for pid in log_pids for i in _socket_inodes(pid) if i in tcp and tcp[i][0] == "0A"}
+    tcp = tcp_sockets()
+    listening = {tcp[i].local_port for pid in log_pids for i in socket_inodes(pid)
+                 if i in tcp and tcp[i].state == LISTEN}
     return {
         trial_id for trial_id, pid in pids.items()
-        if any(i in tcp and tcp[i][0] == "01" and tcp[i][2] in listening for i in _socket_inodes(pid))
+        if any(i in tcp and tcp[i].state == ESTABLISHED and tcp[i].remote_port in listening
+               for i in socket_inodes(pid))
     }
 
 

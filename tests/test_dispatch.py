@@ -15,6 +15,7 @@ import pytest
 import ray
 from ray import cloudpickle
 
+from cluster_helpers import max_overlap
 from telescope.dispatch import Dispatcher, Job, Outcome, Resources
 from telescope.errors import ConfigError
 
@@ -95,16 +96,9 @@ def run_all(d: Dispatcher, jobs, **kw) -> dict[str, Outcome]:
     return got
 
 
-def max_overlap(folder: Path) -> int:
-    events = []
-    for f in folder.iterdir():
-        start, end = map(float, f.read_text().split())
-        events += [(start, 1), (end, -1)]
-    level = peak = 0
-    for _, step in sorted(events):  # an end at the same instant as a start sorts first
-        level += step
-        peak = max(peak, level)
-    return peak
+def intervals(folder: Path) -> list[tuple[float, float]]:
+    """The (start, end) each job wrote to its file in `folder`."""
+    return [tuple(map(float, f.read_text().split())) for f in folder.iterdir()]
 
 
 def hung_job(pid_file: Path) -> tuple[int, float]:
@@ -228,7 +222,7 @@ def test_one_in_flight_runs_one_at_a_time(dispatcher, tmp_path):
     jobs = [Job(f"j{i}", stamped, (str(tmp_path), f"j{i}", 0.2)) for i in range(4)]
     got = run_all(dispatcher, jobs, max_in_flight=1)
     assert all(o.ok for o in got.values()) and len(got) == 4
-    assert max_overlap(tmp_path) == 1
+    assert max_overlap(intervals(tmp_path)) == 1
 
 
 def test_generator_can_wait_for_outcomes(dispatcher):

@@ -6,10 +6,8 @@ as `telescope run --address` would. Select with `-m cluster`; about 30-60 s on 2
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from cluster_helpers import LISTEN, load_local_cluster, max_overlap, socket_inodes, tcp_sockets
 
 pytestmark = [
     pytest.mark.cluster,
@@ -26,15 +26,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_local_cluster():
-    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "cluster" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["local_cluster"] = module  # dataclasses look the module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-lc = _load_local_cluster()
+lc = load_local_cluster()
 
 # Faster node-death detection than Ray's default (~15 s), so the node-loss test stays short.
 FAST_HEALTH_CHECKS = {
@@ -94,44 +86,6 @@ def _result(proc: subprocess.Popen, timeout: float = 180) -> dict:
 # ------------------------------------------------------------------ loopback and token auth
 
 
-def _listening_sockets() -> dict[int, tuple[str, int]]:
-    """socket inode -> (local ip, port) for every TCP socket in LISTEN state."""
-    out = {}
-    for name, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            f = line.split()
-            if f[3] != "0A":  # LISTEN
-                continue
-            hexip, hexport = f[1].split(":")
-            raw = bytes.fromhex(hexip)
-            if v6:  # four little-endian 32-bit words
-                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-                ip = socket.inet_ntop(socket.AF_INET6, raw)
-            else:
-                ip = socket.inet_ntop(socket.AF_INET, raw[::-1])
-            out[int(f[9])] = (ip, int(hexport, 16))
-    return out
-
-
-def _sockets_of(pid: int) -> set[int]:
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
-    except (FileNotFoundError, PermissionError):
-        pass
-    return inodes
-
-
 def test_three_nodes_all_on_loopback(cluster):
     rows = cluster.gcs_nodes()
     alive = [r for r in rows if r["alive"]]
@@ -148,11 +102,11 @@ def test_three_nodes_all_on_loopback(cluster):
     assert all(n["raylet_alive"] for n in cluster.status()["nodes"])
 
     # Every server this cluster runs listens on loopback only (none on 0.0.0.0 / ::).
-    listening = _listening_sockets()
+    listening = {i: (s.local_ip, s.local_port) for i, s in tcp_sockets().items() if s.state == LISTEN}
     bound = []
     for node in cluster.nodes:
         for pid in lc.node_processes(node.pgid):
-            bound += [listening[i] for i in _sockets_of(pid) if i in listening]
+            bound += [listening[i] for i in socket_inodes(pid) if i in listening]
     assert bound, "found no listening sockets of the cluster's processes"
     gcs_port = int(cluster.address.rsplit(":", 1)[1])
     assert gcs_port in {port for _, port in bound}
@@ -238,16 +192,6 @@ PACKING_DRIVER = """
 """
 
 
-def _max_overlap(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
-                    key=lambda x: (x[0], x[1]))
-    best = cur = 0
-    for _, d in events:
-        cur += d
-        best = max(best, cur)
-    return best
-
-
 def test_fractional_gpu_tasks_pack_two_per_gpu_node(cluster, tmp_path):
     rows = _result(_run_driver(cluster, tmp_path, PACKING_DRIVER))
     workers = {n.node_id for n in cluster.nodes if n.name.startswith("worker-")}
@@ -262,8 +206,8 @@ def test_fractional_gpu_tasks_pack_two_per_gpu_node(cluster, tmp_path):
         assert r["cuda_visible_devices"] == ",".join(str(g) for g in r["gpu_ids"])
     for node in workers:
         intervals = [(r["start"], r["end"]) for r in rows if r["node"] == node]
-        assert _max_overlap(intervals) <= 2, (node, intervals)
-    assert max(_max_overlap([(r["start"], r["end"]) for r in rows if r["node"] == n])
+        assert max_overlap(intervals) <= 2, (node, intervals)
+    assert max(max_overlap([(r["start"], r["end"]) for r in rows if r["node"] == n])
                for n in workers) == 2
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/engine.py [--widths 128 256 512] [--steps 20] [--quick]
 
-For each width and optimizer it times `telescope.trial.Engine.step` (the very step run_trial
+For each width and optimizer it times `telescope.train.trial.Engine.step` (the very step run_trial
 takes, on real corpus batches) against the reference step of ../shared/yardsticks/ref_gpt.py,
 in one process, taking one step of each in turn (reference and engine, adamw and muon) so that
 the machine's noise (this box is shared) falls on all four alike. The reference is imported from its file: its Block and
@@ -11,7 +11,7 @@ its shapes: depth 4, seq 256, batch 16, byte vocab, head_dim 64, 3 warm-up steps
 Each side's step time is its fastest of N turns and the fp32 matmul peak (2048^2, as the
 reference measures it, sampled between widths) its fastest sample: on a shared machine the least
 disturbed sample is the best estimate of the quiet-machine cost. The peak is the MFU denominator
-for both sides. MFU = model FLOPs (telescope.flops, the reference's formula) / step time / peak.
+for both sides. MFU = model FLOPs (telescope.core.flops, the reference's formula) / step time / peak.
 `ratio` = reference step / engine step (> 1: the engine is faster). Muon overhead = each side's
 muon step over its own adamw step. Writes bench/results/engine.csv.
 """
@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import RESULTS, machine_line, median, table, write_csv  # noqa: E402
 
-from telescope.config import TrialConfig  # noqa: E402
-from telescope.data import train_batches  # noqa: E402
-from telescope.flops import flops_per_token, muon_step_flops  # noqa: E402
-from telescope.trial import build_engine  # noqa: E402
+from telescope.core.contract import TrialConfig  # noqa: E402
+from telescope.train.data import train_batches  # noqa: E402
+from telescope.core.flops import flops_per_token, muon_step_flops  # noqa: E402
+from telescope.train.trial import build_engine  # noqa: E402
 
 REFERENCE = ROOT.parent / "shared" / "yardsticks" / "ref_gpt.py"
 DEPTH, SEQ_LEN, BATCH, HEAD_DIM, VOCAB, WARMUP = 4, 256, 16, 64, 256, 3
@@ -185,7 +185,7 @@ def main() -> None:
           f"samples): {peak / 1e9:.0f} GFLOP/s; {args.steps} timed steps per side")
     print("  step = fastest of the timed steps; ratio = reference step / engine step (> 1: engine faster); "
           "paired = median [quartiles] of reference/engine over adjacent step pairs; muon+% = muon step over "
-          "the same side's adamw step; NS = Newton-Schulz FLOPs per Muon step (telescope.flops.muon_step_flops)")
+          "the same side's adamw step; NS = Newton-Schulz FLOPs per Muon step (telescope.core.flops.muon_step_flops)")
     shown = [{**r, "paired": f"{r['paired_ratio']:.3f} [{r['paired_q1']:.3f}-{r['paired_q3']:.3f}]"} for r in rows]
     print(table(
         ["width", "optimizer", "step_ms", "tokens_per_s", "mfu", "ref_step_ms", "ref_mfu", "ratio", "paired",

@@ -3,7 +3,7 @@ and a plain loop.
 
     .venv/bin/python bench/orchestration.py [--trials 32] [--steps 450] [--rounds 2] [--quick]
 
-The work: `--trials` real `telescope.trial.run_trial` calls (width 32, depth 2, seq 64, batch 8,
+The work: `--trials` real `telescope.train.trial.run_trial` calls (width 32, depth 2, seq 64, batch 8,
 `--steps` Muon steps, one final evaluation; at 450 steps ~3 s on one idle core of the 2-core
 development box: the issue's "trials of a few seconds each"), points of an lr x init_std grid. Real trials rather than a
 synthetic busy loop, because what an orchestrator must carry is exactly this: worker processes
@@ -20,7 +20,7 @@ pays them per trial.
 Contenders, each in its own fresh interpreter (so one's Ray or caches never help another), run in
 an interleaved order that rotates every round; medians over the rounds are reported:
 
-- telescope    telescope.dispatch.Dispatcher(num_cpus=2).run, 1 CPU per job
+- telescope    telescope.run.dispatch.Dispatcher(num_cpus=2).run, 1 CPU per job
 - tune         ray.tune.Tuner, tune.grid_search over the same points, tune.with_resources 1 CPU,
                function trainable reporting with ray.tune.report, storage in a temporary dir,
                verbose=0, Tune's defaults otherwise (reuse_actors=False: one actor per trial)
@@ -82,7 +82,7 @@ def points(n: int) -> list[dict[str, float]]:
 
 
 def trial_config(point: dict[str, float], steps: int):
-    from telescope.config import TrialConfig
+    from telescope.core.contract import TrialConfig
 
     return TrialConfig(width=32, base_width=32, depth=2, head_dim=16, seq_len=64, batch_size=8, steps=steps,
                        eval_interval=steps, eval_batches=2, device="cpu", num_threads=1, seed=0,
@@ -92,8 +92,8 @@ def trial_config(point: dict[str, float], steps: int):
 def work(cfg) -> dict[str, Any]:
     """One trial: run_trial, timed around itself only (imports and the corpus cache come first)."""
     enter = time.time()
-    from telescope.data import load_corpus
-    from telescope.trial import run_trial
+    from telescope.train.data import load_corpus
+    from telescope.train.trial import run_trial
 
     load_corpus(cfg.data, cfg.vocab_size, cfg.val_frac)  # cached per process after the first call
     start, cpu = time.time(), time.thread_time()  # with 1 torch thread, the trial computes in this thread
@@ -116,7 +116,7 @@ def child(name: str, n_trials: int, steps: int) -> dict[str, Any]:
     grid = points(n_trials)
     phases: dict[str, float] = {}
     if name == "telescope":
-        from telescope.dispatch import Dispatcher, Job, Resources
+        from telescope.run.dispatch import Dispatcher, Job, Resources
 
         dispatcher = Dispatcher(num_cpus=2)
         jobs = [Job(f"t{i}", work, trial_config(p, steps), Resources(num_cpus=1)) for i, p in enumerate(grid)]

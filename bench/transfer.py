@@ -8,10 +8,10 @@ depth 2, seq 64, batch 16, 150 Muon steps, byte-level builtin corpus), run once 
 hidden-lr rule ("adam-mup": hidden lr / width_mult, the paper's rule; "spectral":
 lr / sqrt(width_mult)). For each rule:
 
-(a) telescoping  `telescope.controller.run_sweep` on the spec; its pick is what `export` gives
+(a) telescoping  `telescope.run.controller.run_sweep` on the spec; its pick is what `export` gives
                  at the calibration width (the refined optimum of the last level).
 (b) brute force  the base grid's points (same values, same resolution) run at the calibration
-                 width through `telescope.dispatch.Dispatcher`, seed 0 like the sweep; its pick is
+                 width through `telescope.run.dispatch.Dispatcher`, seed 0 like the sweep; its pick is
                  the best grid point.
 (c) plain muP    the base-width optimum (level 0 of the same sweep, refined the same way) used
                  unchanged at the calibration width; its cost is level 0's.
@@ -29,7 +29,7 @@ extrapolate=True)`), and a 3x3 grid centred on the exported values (spacing `--g
 times the calibration level's spacing, in log space), all with the same seed. `find_optimum` (the
 sweep's own quadratic refinement) locates the optimum of that grid.
 
-FLOPs are model FLOPs (telescope.flops) actually spent by the tuning method: the whole ledger
+FLOPs are model FLOPs (telescope.core.flops) actually spent by the tuning method: the whole ledger
 for telescoping, level 0 for plain muP, the grid for brute force. Evaluation runs are not counted.
 Writes bench/results/transfer.csv (summary) and bench/results/transfer_trials.csv (every run
 the bench made outside the sweeps; the sweeps' own rows are in their ledgers under
@@ -57,15 +57,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import RESULTS, machine_line, table, write_csv  # noqa: E402
-from telescope.config import TrialConfig, TrialResult  # noqa: E402
-from telescope.controller import run_sweep, sweep_state  # noqa: E402
-from telescope.data import load_corpus  # noqa: E402
-from telescope.dispatch import Dispatcher, Job, Outcome  # noqa: E402
-from telescope.export import export  # noqa: E402
-from telescope.progress import Progress  # noqa: E402
-from telescope.spec import SweepSpec, load_spec  # noqa: E402
-from telescope.telescoping import AxisGrid, LevelGrid, Observation, base_grid, find_optimum  # noqa: E402
-from telescope.trial import run_trial  # noqa: E402
+from telescope.core.contract import TrialConfig, TrialResult  # noqa: E402
+from telescope.run.controller import run_sweep  # noqa: E402
+from telescope.state import sweep_state  # noqa: E402
+from telescope.train.data import load_corpus  # noqa: E402
+from telescope.run.dispatch import Dispatcher, Job, Outcome  # noqa: E402
+from telescope.read.export import export  # noqa: E402
+from telescope.run.progress import Progress  # noqa: E402
+from telescope.spec.sweep import SweepSpec, load_spec  # noqa: E402
+from telescope.core.rule import AxisGrid, LevelGrid, Observation, base_grid, find_optimum  # noqa: E402
+from telescope.train.trial import run_trial  # noqa: E402
 
 SPEC = ROOT / "sweeps" / "transfer.toml"
 RULES = ("adam-mup", "spectral")

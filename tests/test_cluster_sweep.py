@@ -31,10 +31,10 @@ import pytest
 
 from cluster_helpers import ESTABLISHED, LISTEN, load_local_cluster, socket_inodes, tcp_sockets
 from sweep_helpers import ROOT, committed_parts, raw_trials, start_and_kill, telescope_cmd, write_spec
-from telescope.controller import sweep_state
-from telescope.ledger import Ledger
-from telescope.plan import plan
-from telescope.spec import load_spec
+from telescope.state import sweep_state
+from telescope.store.ledger import Ledger
+from telescope.spec.plan import plan
+from telescope.spec.sweep import load_spec
 
 pytestmark = [
     pytest.mark.cluster,

@@ -17,13 +17,13 @@ from matplotlib.image import imread
 
 import telescope.cli
 from sweep_helpers import ROOT, kill_after, raw_trials, telescope_cmd
-from telescope.compare import (
+from telescope.studies.compare import (
     FIGURES, RESULT_FILE, auto_target, crossing, format_table, load_compare, load_compare_spec, mean_curve, pareto_front,
     parse_compare_spec, ratio_range, ratio_trend, time_to_target, token_ratio, weakly_dominated,
 )
 from telescope.errors import ConfigError
-from telescope.report import compare_section
-from telescope.ledger import Ledger
+from telescope.read.report import compare_section
+from telescope.store.ledger import Ledger
 
 # ---------------------------------------------------------------------------- the maths
 

@@ -2,9 +2,9 @@ import pickle
 
 import pytest
 
-from telescope.config import TrialConfig
+from telescope.core.contract import TrialConfig
 from telescope.errors import ConfigError
-from telescope.flops import flops_per_token, matmul_params, newton_schulz_flops
+from telescope.core.flops import flops_per_token, matmul_params, newton_schulz_flops
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from telescope.cli import main
-from telescope.config import COORDCHECK_DEFAULTS, TrialConfig
-from telescope.coordcheck import LAYERS, METRIC_LAYERS, coord_check
+from telescope.core.contract import COORDCHECK_DEFAULTS, TrialConfig
+from telescope.train.coordcheck import LAYERS, METRIC_LAYERS, coord_check
 from telescope.errors import ConfigError
 
 WIDTHS, STEPS, SEEDS = [32, 64, 128, 256], 4, 2

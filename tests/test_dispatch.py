@@ -16,7 +16,7 @@ import ray
 from ray import cloudpickle
 
 from cluster_helpers import max_overlap
-from telescope.dispatch import Dispatcher, Job, Outcome, Resources
+from telescope.run.dispatch import Dispatcher, Job, Outcome, Resources
 from telescope.errors import ConfigError
 
 # Workers cannot import this test module by name, so ship its job functions by value.
@@ -259,7 +259,7 @@ def test_outcome_says_where_it_ran(dispatcher):
 def test_gpu_task_gets_a_fresh_worker_each_time(dispatcher):
     # The path GPU jobs take, exercised on CPU: its worker exits after one task, so no CUDA
     # context or cached GPU memory carries over to the next job.
-    from telescope.dispatch import _on_fresh_worker
+    from telescope.run.dispatch import _on_fresh_worker
 
     worker = ray.get(_on_fresh_worker.remote(pid, None, dispatcher._start_log, -1)).value
     assert wait_until_dead(worker, within_s=10)
@@ -268,7 +268,7 @@ def test_gpu_task_gets_a_fresh_worker_each_time(dispatcher):
 INTERRUPTED_DRIVER = """
 import os, signal, sys, time
 from pathlib import Path
-from telescope.dispatch import Dispatcher, Job
+from telescope.run.dispatch import Dispatcher, Job
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal; see the test
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telescope.errors import ConfigError
-from telescope.fits import InsufficientDataError, fit_drift, fit_power_law
+from telescope.core.fits import InsufficientDataError, fit_drift, fit_power_law
 
 WIDTHS = np.array([128.0, 256.0, 512.0, 1024.0, 2048.0])
 N_SEEDS = 400

@@ -20,19 +20,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from telescope.config import TrialResult
+from telescope.core.contract import TrialResult
 from telescope.errors import ConfigError
-from telescope.ledger import (
-    CORE_SCHEMA,
-    CURVES_DIR,
-    TRIALS_DIR,
-    Ledger,
-    SweepLock,
-    load_sweep_dir,
-    lock_holder,
-    open_sweep_dir,
-    trial_record,
-)
+from telescope.store.directory import load_sweep_dir, open_sweep_dir
+from telescope.store.ledger import CURVES_DIR, TRIALS_DIR, Ledger
+from telescope.store.lock import lock_holder, SweepLock
+from telescope.store.records import CORE_SCHEMA, trial_record
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = 'name = "demo"\n[axes]\nlr = [1e-3, 2e-3]\n'
@@ -83,7 +76,7 @@ def test_round_trip_with_axis_columns(tmp_path):
     assert np.isnan(df.final_loss.iloc[1]) and df.error.iloc[1] == "loss exploded"
     assert df.attempt.tolist() == [1, 1, 2] and pd.isna(df.sampler_trial.iloc[1])
     assert Ledger(tmp_path).axes() == ["lr", "weight_decay"]
-    assert Ledger(tmp_path).completed_ids() == {"a", "b", "c"}
+    assert Ledger(tmp_path).recorded_ids() == {"a", "b", "c"}
 
     curves = Ledger(tmp_path).curves()
     assert list(curves.columns) == ["trial_id", "step", "train_loss", "val_loss"]
@@ -111,7 +104,7 @@ def test_empty_ledger_has_the_core_columns_and_dtypes(tmp_path):
     assert str(df.sampler_trial.dtype) == "Int64" and str(df.finished_at.dtype) == "datetime64[us, UTC]"
     curves = Ledger(tmp_path).curves()
     assert len(curves) == 0 and list(curves.columns) == ["trial_id", "step", "train_loss", "val_loss"]
-    assert Ledger(tmp_path).completed_ids() == set() and Ledger(tmp_path).axes() == []
+    assert Ledger(tmp_path).recorded_ids() == set() and Ledger(tmp_path).axes() == []
 
 
 def test_parts_share_one_schema_whatever_is_null(tmp_path):
@@ -279,11 +272,11 @@ def test_open_sweep_dir_creates_then_reuses(tmp_path):
     before = snapshot(out)
 
     again = open_sweep_dir(out, "# same spec, other comments\n" + SPEC, "fp-1", "demo")
-    assert again.completed_ids() == {"a"} and snapshot(out) == before  # the stored spec is kept
+    assert again.recorded_ids() == {"a"} and snapshot(out) == before  # the stored spec is kept
     loaded, spec_text, loaded_meta = load_sweep_dir(out)
-    assert spec_text == SPEC and loaded_meta == meta and loaded.completed_ids() == {"a"}
+    assert spec_text == SPEC and loaded_meta == meta and loaded.recorded_ids() == {"a"}
     (tmp_path / "empty-existing").mkdir()
-    assert open_sweep_dir(tmp_path / "empty-existing", SPEC, "fp-2", "x").completed_ids() == set()
+    assert open_sweep_dir(tmp_path / "empty-existing", SPEC, "fp-2", "x").recorded_ids() == set()
     # a creation cut short under the lock (spec.toml written, sweep.json not yet) is finished
     cut_short = tmp_path / "cut-short"
     cut_short.mkdir()
@@ -332,7 +325,7 @@ def test_refusals_leave_every_file_byte_identical(tmp_path):
 
 HOLD_LOCK = """
 import sys
-from telescope.ledger import SweepLock
+from telescope.store.lock import SweepLock
 with SweepLock(sys.argv[1]):
     print("ready", flush=True)
     sys.stdin.readline()  # hold the lock until killed, or until the test goes away
@@ -340,8 +333,9 @@ with SweepLock(sys.argv[1]):
 
 APPEND_FOREVER = """
 import sys, time
-from telescope.config import TrialResult
-from telescope.ledger import Ledger, trial_record
+from telescope.core.contract import TrialResult
+from telescope.store.ledger import Ledger
+from telescope.store.records import trial_record
 ledger, tag = Ledger(sys.argv[1]), sys.argv[2]
 res = TrialResult(status="completed", final_loss=2.5, final_train_loss=2.4, tokens=1000, flops=1e9,
                   wall_time_s=1.0, device="cpu", steps_done=20, n_params=100, train_steps=[0, 10, 20],

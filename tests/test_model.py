@@ -1,4 +1,4 @@
-"""The muP rules in telescope.scaling against what the built model and optimizers really do,
+"""The muP rules in telescope.core.scaling against what the built model and optimizers really do,
 and against mup's own bookkeeping (infshape.width_mult, MuReadout, MuAdamW)."""
 
 import math
@@ -7,11 +7,11 @@ import mup
 import pytest
 import torch
 
-from telescope.config import TrialConfig
-from telescope.flops import matmul_params
-from telescope.model import build_model, param_role
-from telescope.optim import MUON_KWARGS, Muon, build_optimizers, group_parameters, lr_factor
-from telescope.scaling import GROUPS, scaling_for
+from telescope.core.contract import TrialConfig
+from telescope.core.flops import matmul_params
+from telescope.train.model import build_model, param_role
+from telescope.train.optim import MUON_KWARGS, Muon, build_optimizers, group_parameters, lr_factor
+from telescope.core.scaling import GROUPS, scaling_for
 
 VOCAB = 256
 # small but big enough that an empirical std over a weight matrix is within a few percent

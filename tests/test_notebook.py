@@ -12,8 +12,8 @@ from nbclient import NotebookClient
 
 from sweep_helpers import ROOT
 from test_report import real_sweep_dir
-from telescope.controller import sweep_state
-from telescope.plan import plan
+from telescope.state import sweep_state
+from telescope.spec.plan import plan
 
 NOTEBOOK = ROOT / "notebooks" / "sweep_analysis.ipynb"
 KERNEL = "telescope-test"

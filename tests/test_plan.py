@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from telescope.flops import training_flops
-from telescope.plan import format_plan, plan
-from telescope.spec import load_spec, parse_spec
+from telescope.core.flops import training_flops
+from telescope.spec.plan import format_plan, plan
+from telescope.spec.sweep import load_spec, parse_spec
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 

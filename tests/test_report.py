@@ -13,16 +13,19 @@ import pytest
 
 from sweep_helpers import write_spec
 from telescope.cli import main
-from telescope.config import TrialResult
-from telescope.controller import run_sweep, sweep_state
-from telescope.fits import DriftFit, PowerLawFit
-from telescope.flops import training_flops
-from telescope.ledger import SweepLock, open_sweep_dir, trial_record
-from telescope.plan import plan
-from telescope.progress import Progress
-from telescope.replay import replay, row_loss
-from telescope.report import make_report
-from telescope.spec import load_spec
+from telescope.core.contract import TrialResult
+from telescope.run.controller import run_sweep
+from telescope.state import sweep_state
+from telescope.core.fits import DriftFit, PowerLawFit
+from telescope.core.flops import training_flops
+from telescope.store.directory import open_sweep_dir
+from telescope.store.lock import SweepLock
+from telescope.store.records import trial_record
+from telescope.spec.plan import plan
+from telescope.run.progress import Progress
+from telescope.state import replay, row_loss
+from telescope.read.report import make_report
+from telescope.spec.sweep import load_spec
 
 # ----------------------------------------------------------------------------- a synthetic sweep
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from telescope.config import TrialConfig
+from telescope.core.contract import TrialConfig
 from telescope.errors import ConfigError
-from telescope.spec import AXIS_BOUNDS, Resources, load_spec, parse_spec
+from telescope.spec.sweep import AXIS_BOUNDS, Resources, load_spec, parse_spec
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 

@@ -18,11 +18,12 @@ from sweep_helpers import (
     ROOT, committed_parts, raw_trials, run_cli, start_and_kill, telescope_cmd, terminal_cmd, tree_digest,
     write_spec,
 )
-from telescope.controller import run_sweep, resume_sweep, sweep_state
-from telescope.export import export
-from telescope.ledger import Ledger
-from telescope.progress import Progress
-from telescope.spec import load_spec
+from telescope.run.controller import run_sweep, resume_sweep
+from telescope.state import sweep_state
+from telescope.read.export import export
+from telescope.store.ledger import Ledger
+from telescope.run.progress import Progress
+from telescope.spec.sweep import load_spec
 
 
 @pytest.fixture(scope="module")

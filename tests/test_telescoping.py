@@ -7,7 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from telescope.errors import ConfigError
-from telescope.telescoping import (
+from telescope.core.rule import (
     Axis,
     Observation,
     added_points,

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from telescope.cli import main
-from telescope.config import TrialConfig
-from telescope.data import load_corpus, unigram_entropy
+from telescope.core.contract import TrialConfig
+from telescope.train.data import load_corpus, unigram_entropy
 from telescope.errors import ConfigError
-from telescope.flops import matmul_params, training_flops
-from telescope.trial import run_trial
+from telescope.core.flops import matmul_params, training_flops
+from telescope.train.trial import run_trial
 
 # one thread: tiny models run several times faster than with two on a shared 2-core box, and
 # bit-for-bit determinism is promised per thread count

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from telescope.compare import RESULT_FILE, format_table, run_compare
+    from telescope.studies.compare import RESULT_FILE, format_table, run_compare
 
     table = run_compare(args.spec, args.out, plot=args.plot, **ray_kwargs(args))
     if args.json:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from telescope.cli.trial import TRIAL_OPTIONS
-from telescope.config import COORDCHECK_DEFAULTS, HIDDEN_LR_RULES, TrialConfig
+from telescope.core.contract import COORDCHECK_DEFAULTS, HIDDEN_LR_RULES, TrialConfig
 from telescope.errors import ConfigError
 
 # the trial command's flags that make sense here (width, parameterization and the rule are what
@@ -56,7 +56,7 @@ def _check_output(path: str | None, want_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from telescope.coordcheck import METRIC_LABELS, METRIC_LAYERS, coord_check, plot  # torch
+    from telescope.train.coordcheck import METRIC_LABELS, METRIC_LAYERS, coord_check, plot  # torch
 
     _check_output(args.output, args.json)
     base = TrialConfig(**{name: getattr(args, name) for _, name, _, _ in _OPTIONS})

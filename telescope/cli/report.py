@@ -1,4 +1,4 @@
-"""`telescope report DIR -o OUTDIR`: figures and a markdown report of a sweep (telescope.report)."""
+"""`telescope report DIR -o OUTDIR`: figures and a markdown report of a sweep (telescope.read.report)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from telescope.report import make_report
+    from telescope.read.report import make_report
 
     axes = [a.strip() for a in args.axes.split(",")] if args.axes else None
     data = make_report(args.dir, args.output, axes=axes, coordcheck=args.coordcheck, compare=args.compare)

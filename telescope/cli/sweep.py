@@ -54,8 +54,8 @@ def add_ray_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from telescope.plan import format_plan, plan
-    from telescope.spec import load_spec
+    from telescope.spec.plan import format_plan, plan
+    from telescope.spec.sweep import load_spec
 
     p = plan(load_spec(args.spec))
     print(json.dumps(p.to_dict(), indent=2) if args.json else format_plan(p))
@@ -63,24 +63,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from telescope.spec import load_spec
+    from telescope.spec.sweep import load_spec
 
     load_spec(args.spec)  # a bad spec fails here in a blink, before Ray and torch are imported
-    from telescope.controller import run_sweep
+    from telescope.run.controller import run_sweep
 
     state = run_sweep(args.spec, args.out, **ray_kwargs(args))
     return _report(state, Path(args.out))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from telescope.controller import resume_sweep
+    from telescope.run.controller import resume_sweep
 
     state = resume_sweep(args.dir, **ray_kwargs(args))
     return _report(state, Path(args.dir))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from telescope.status import format_status, sweep_status
+    from telescope.read.status import format_status, sweep_status
 
     status = sweep_status(args.dir)
     print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
@@ -88,8 +88,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from telescope.export import export, render
-    from telescope.ledger import atomic_write
+    from telescope.read.export import export, render
+    from telescope.store.files import atomic_write
 
     if args.width is not None and args.width <= 0:
         raise ConfigError("--width", f"must be a positive width; got {args.width}")
@@ -103,7 +103,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def ray_kwargs(args: argparse.Namespace) -> dict:
-    from telescope.progress import Progress
+    from telescope.run.progress import Progress
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise ConfigError("--num-cpus", f"must be a positive number of CPUs; got {args.num_cpus}")

@@ -10,7 +10,7 @@ import json
 import math
 from typing import Any
 
-from telescope.config import DEVICES, HIDDEN_LR_RULES, OPTIMIZERS, PARAMETERIZATIONS, TrialConfig
+from telescope.core.contract import DEVICES, HIDDEN_LR_RULES, OPTIMIZERS, PARAMETERIZATIONS, TrialConfig
 
 _DEFAULTS = TrialConfig()
 # (flag, TrialConfig field, type, choices); defaults and validation come from TrialConfig
@@ -58,8 +58,8 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from telescope.data import load_corpus, unigram_entropy  # torch: imported by the command, not by --help
-    from telescope.trial import run_trial
+    from telescope.train.data import load_corpus, unigram_entropy  # torch: imported by the command, not by --help
+    from telescope.train.trial import run_trial
 
     cfg = TrialConfig(**{name: getattr(args, name) for _, name, _, _ in TRIAL_OPTIONS if getattr(args, name) is not None})
     entropy = unigram_entropy(load_corpus(cfg.data, cfg.vocab_size, cfg.val_frac))  # bad data fails fast

@@ -17,13 +17,13 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
-from telescope.fits import DriftFit, PowerLawFit
-from telescope.replay import SweepState
-from telescope.report.numbers import (
+from telescope.core.fits import DriftFit, PowerLawFit
+from telescope.state import SweepState
+from telescope.read.report.numbers import (
     PAPER_FINAL_SHARE, PAPER_LOSS_ALPHA, LevelSummary, ReportData, level_grid, optimum_sigma,
 )
-from telescope.spec import SweepSpec
-from telescope.telescoping import AxisGrid, LevelGrid, LevelResult, Optimum
+from telescope.spec.sweep import SweepSpec
+from telescope.core.rule import AxisGrid, LevelGrid, LevelResult, Optimum
 
 _MAX_TRANSFER_PANELS = 7  # the profile plus up to six slices: more would be unreadable
 _MAX_ANNOTATED_CELLS = 100  # grids up to 10x10 get their loss written in each cell

@@ -3,7 +3,7 @@
     spec -> controller -> dispatcher (Ray) -> trial -> ledger -> (replay) -> next step
 
 The controller keeps no state of its own beyond what the ledger holds: each round replays
-Algorithm 1 against the ledger (telescope.replay), runs the first step's missing trials as Ray
+Algorithm 1 against the ledger (telescope.state), runs the first step's missing trials as Ray
 tasks, and appends each result to the ledger the moment it arrives. Killing it at any moment and
 running it again (`resume`) therefore repeats no finished trial and reaches the same result.
 """
@@ -16,17 +16,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from telescope.config import TrialResult
 from telescope.errors import ConfigError
-from telescope.dispatch import Dispatcher, Job, Outcome
-from telescope.ledger import (
-    SPEC_FILE, Ledger, SweepLock, TrialRecord, check_sweep_dir, load_sweep_dir, open_sweep_dir, trial_record,
-)
-from telescope.progress import Progress
-from telescope.replay import PendingStep, PlannedTrial, SweepState, plan_trial, replay, row_loss
-from telescope.samplers import LevelStudy
-from telescope.spec import SweepSpec, load_spec
-from telescope.trial import run_trial
+from telescope.run.dispatch import Dispatcher, Job, Outcome
+from telescope.run.outcomes import outcome_record
+from telescope.store.directory import SPEC_FILE, check_sweep_dir, load_sweep_dir, open_sweep_dir
+from telescope.store.ledger import Ledger
+from telescope.store.lock import SweepLock
+from telescope.run.progress import Progress
+from telescope.state import PendingStep, PlannedTrial, SweepState, ledger_rows, plan_trial, replay, row_loss
+from telescope.run.samplers import LevelStudy
+from telescope.spec.sweep import SweepSpec, load_spec
+from telescope.train.trial import run_trial
 
 
 def run_sweep(spec_path: str | Path, out: str | Path, *, address: str | None = None,
@@ -49,17 +49,6 @@ def resume_sweep(out: str | Path, *, address: str | None = None, num_cpus: int |
     with SweepLock(out):
         ledger, _, _ = load_sweep_dir(out)
         return _drive(load_spec(out / SPEC_FILE), ledger, out, address, num_cpus, progress or Progress())
-
-
-def sweep_state(out: str | Path) -> tuple[SweepSpec, Ledger, SweepState]:
-    """Read-only view of a sweep directory, for status, export and reports (no lock needed)."""
-    ledger, _, _ = load_sweep_dir(out)
-    spec = load_spec(Path(out) / SPEC_FILE)
-    return spec, ledger, replay(spec, ledger_rows(ledger))
-
-
-def ledger_rows(ledger: Ledger) -> dict[str, dict[str, Any]]:
-    return {row["trial_id"]: row for row in ledger.trials().to_dict("records")}
 
 
 def _drive(spec: SweepSpec, ledger: Ledger, out: Path, address: str | None, num_cpus: int | None,
@@ -164,31 +153,3 @@ class _Recorder:
 
     def _show(self, t: PlannedTrial, row: Mapping[str, Any], *, was_running: bool) -> None:
         self.progress.record(str(row["status"]), row_loss(row), t.point, was_running=was_running)
-
-
-def outcome_record(trial_id: str, outcome: Outcome, *, axes: Mapping[str, Any],
-                   columns: Mapping[str, Any]) -> TrialRecord:
-    """The ledger record of one dispatched trial: its result, or a failed one if it raised, hung
-    past its time limit or lost its worker too often, and where it ran. Shared by every driver
-    that runs trials through the Dispatcher (the sweep here, telescope.compare)."""
-    result = outcome.value if outcome.ok else _failed(outcome)
-    where = {"node": _where(outcome), "gpu_ids": ",".join(outcome.gpu_ids), "attempt": max(outcome.attempts, 1)}
-    return trial_record(trial_id, result, axes=axes, columns={**columns, **where})
-
-
-def _where(outcome: Outcome) -> str:
-    """The ledger's `node`: "hostname (ip) node <Ray node id>". Several Ray nodes can share one
-    host and IP (pods on a machine, a local test cluster); the id tells them apart and joins the
-    row with Ray's own logs. "" if the trial was never seen to start."""
-    if not outcome.node_id:
-        return outcome.node
-    return f"{outcome.node} node {outcome.node_id}".strip()
-
-
-def _failed(outcome: Outcome) -> TrialResult:
-    """A trial that raised, hung past its time limit, or lost its worker too often."""
-    nan = math.nan
-    return TrialResult(
-        status="failed", final_loss=nan, final_train_loss=nan, tokens=0, flops=0.0,
-        wall_time_s=outcome.wall_time_s, device="", steps_done=0, n_params=0, error=outcome.error,
-    )

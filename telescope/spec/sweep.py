@@ -24,14 +24,14 @@ from typing import Any
 
 import tomli_w
 
-from telescope.config import TrialConfig
+from telescope.core.contract import TrialConfig
 from telescope.errors import ConfigError
-from telescope.resources import Resources
-from telescope.specfields import (
+from telescope.spec.resources import Resources
+from telescope.spec.fields import (
     NAME_PATTERN, is_number, read_resources, read_seeds, read_table, read_toml, reject_unknown, required,
     whole_number,
 )
-from telescope.telescoping import Axis, levels
+from telescope.core.rule import Axis, levels
 
 SAMPLERS = ("grid", "tpe", "gp", "random", "cmaes", "qmc")
 MODEL_FIELDS = ("depth", "head_dim", "mlp_ratio", "parameterization")

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from telescope.config import TrialConfig, TrialResult
-from telescope.data import Corpus, load_corpus, train_batches, val_batches
+from telescope.core.contract import TrialConfig, TrialResult
+from telescope.train.data import Corpus, load_corpus, train_batches, val_batches
 from telescope.errors import ConfigError
-from telescope.flops import training_flops
-from telescope.model import GPT, build_model
-from telescope.optim import build_optimizers, lr_factor, set_lr
+from telescope.core.flops import training_flops
+from telescope.train.model import GPT, build_model
+from telescope.train.optim import build_optimizers, lr_factor, set_lr
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,5 +1,5 @@
-"""Validating readers for the fields of a TOML spec, shared by the sweep spec (telescope.spec)
-and the compare study spec (telescope.compare).
+"""Validating readers for the fields of a TOML spec, shared by the sweep spec (telescope.spec.sweep)
+and the compare study spec (telescope.studies.compare).
 
 Each reader returns the checked value or raises ConfigError naming the offending key as a dotted
 path ("resources.num_gpus").
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from telescope.errors import ConfigError
-from telescope.resources import Resources
+from telescope.spec.resources import Resources
 
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "time_limit_s", "max_retries")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -38,7 +38,7 @@ from ray.exceptions import (
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from telescope.errors import ConfigError
-from telescope.resources import UNITS, Resources
+from telescope.spec.resources import UNITS, Resources
 
 __all__ = ["Dispatcher", "Failure", "Job", "Outcome", "Resources"]
 

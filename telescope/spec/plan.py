@@ -1,6 +1,6 @@
 """What a sweep will run and what it will cost, before it runs: `plan(spec)` and `format_plan`.
 
-Costs are model FLOPs (telescope.flops: 6 per matmul parameter per token plus attention), so
+Costs are model FLOPs (telescope.core.flops: 6 per matmul parameter per token plus attention), so
 they compare widths and grids fairly on any hardware. Vocabulary: the spec's vocab_size, else
 256 (byte-level text).
 
@@ -20,9 +20,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from telescope.flops import training_flops
-from telescope.spec import SweepSpec
-from telescope.telescoping import count_schedule
+from telescope.core.flops import training_flops
+from telescope.spec.sweep import SweepSpec
+from telescope.core.rule import count_schedule
 
 BYTE_VOCAB = 256
 

@@ -2,7 +2,7 @@
 
 Muon (torch.optim.Muon's update with the paper's settings) takes the 2-D hidden matrices; AdamW
 takes the embeddings, norm gains and readout. With optimizer "adamw", AdamW takes everything. Every group's
-peak lr and weight decay come from telescope.scaling, so the muP rules live in one place.
+peak lr and weight decay come from telescope.core.scaling, so the muP rules live in one place.
 Each param group keeps its peak lr under "peak_lr"; `set_lr` multiplies it by the schedule.
 """
 
@@ -14,9 +14,9 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
-from telescope.config import TrialConfig
-from telescope.model import param_role
-from telescope.scaling import GROUPS, scaling_for
+from telescope.core.contract import TrialConfig
+from telescope.train.model import param_role
+from telescope.core.scaling import GROUPS, scaling_for
 
 ADAMW_BETAS = (0.95, 0.95)
 ADAMW_EPS = 1e-8
@@ -108,7 +108,7 @@ def newton_schulz(X: torch.Tensor, coefficients: tuple[float, float, float], ste
 
 
 def group_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Parameters by telescope.scaling group; each parameter in exactly one group."""
+    """Parameters by telescope.core.scaling group; each parameter in exactly one group."""
     groups: dict[str, list[nn.Parameter]] = {g: [] for g in GROUPS}
     for name, p in model.named_parameters():
         groups[param_role(name)[0]].append(p)

@@ -2,9 +2,9 @@
 markdown file that embeds them beside the numbers behind them.
 
 Everything comes from the sweep directory alone, through the modules that own each answer: the
-levels, grids and optima from replaying the rule against the ledger (controller.sweep_state),
+levels, grids and optima from replaying the rule against the ledger (telescope.state.sweep_state),
 spend from the ledger's `flops` column, the final run's and brute force's cost from the plan
-(telescope.plan), the drift and loss-vs-width laws from telescope.fits. An unfinished sweep
+(telescope.spec.plan), the drift and loss-vs-width laws from telescope.core.fits. An unfinished sweep
 reports what exists: its finished levels and the pending level's partial grid.
 
     data = make_report("runs/demo", "runs/demo-report")  # writes report.md and the figures
@@ -17,21 +17,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from telescope.config import COORDCHECK_DEFAULTS, TrialConfig
-from telescope.controller import sweep_state
+from telescope.core.contract import COORDCHECK_DEFAULTS, TrialConfig
+from telescope.state import sweep_state
 from telescope.errors import ConfigError
-from telescope.ledger import atomic_write
-from telescope.plan import plan
-from telescope.replay import SweepState
-from telescope.report.figures import (
+from telescope.store.files import atomic_write
+from telescope.spec.plan import plan
+from telescope.state import SweepState
+from telescope.read.report.figures import (
     plot_compute, plot_drift, plot_level_grid, plot_loss_vs_width, plot_transfer,
 )
-from telescope.report.markdown import render_markdown
-from telescope.report.numbers import (
+from telescope.read.report.markdown import render_markdown
+from telescope.read.report.numbers import (
     REPORT_FILE, BruteForceSaving, Compute, LevelSummary, ReportData, compute_summary, drift_fits,
     level_summaries, loss_fit, optimum_sigma, point_losses,
 )
-from telescope.spec import SweepSpec
+from telescope.spec.sweep import SweepSpec
 
 __all__ = [
     "REPORT_FILE", "BruteForceSaving", "Compute", "LevelSummary", "ReportData", "make_report",
@@ -45,7 +45,7 @@ def make_report(directory: str | Path, outdir: str | Path, *, axes: Sequence[str
     """Write OUTDIR/report.md and its figures for the sweep in `directory`; return the numbers.
 
     `axes`: the two axes of the per-level grid pictures (default: the spec's first two).
-    `coordcheck`: also run a seconds-long Muon coordinate check (telescope.coordcheck) at small
+    `coordcheck`: also run a seconds-long Muon coordinate check (telescope.train.coordcheck) at small
     widths, when that module is available.
     `compare`: a `telescope compare` study's directory, whose Muon-vs-AdamW section (R(B) and
     the tokens-vs-steps trade-off) is added to the report.
@@ -86,7 +86,7 @@ def make_report(directory: str | Path, outdir: str | Path, *, axes: Sequence[str
 
 def compare_section(directory: str | Path, outdir: Path, data: ReportData) -> str:
     """The Muon-vs-AdamW study as a report section: its figures redrawn into OUTDIR, its table."""
-    from telescope.compare import format_table, load_compare, plot_compare
+    from telescope.studies.compare import format_table, load_compare, plot_compare
 
     table = load_compare(directory).table
     names = plot_compare(table, outdir)
@@ -129,11 +129,11 @@ def coordcheck_setup(spec: SweepSpec, state: SweepState,
 
 
 def _coordcheck(spec: SweepSpec, state: SweepState, path: Path, data: ReportData) -> None:
-    """Run the coordinate check if telescope.coordcheck exists; a report never fails for it."""
+    """Run the coordinate check if telescope.train.coordcheck exists; a report never fails for it."""
     try:
-        from telescope import coordcheck
+        from telescope.train import coordcheck
     except ImportError as err:
-        data.notes.append(f"coordinate check: unavailable (telescope.coordcheck cannot be imported: {err})")
+        data.notes.append(f"coordinate check: unavailable (telescope.train.coordcheck cannot be imported: {err})")
         return
     try:
         cfg, widths = coordcheck_setup(spec, state, COORDCHECK_DEFAULTS)

@@ -1,8 +1,8 @@
 """The numbers of a sweep report, from the sweep directory's ledger and replayed state.
 
 Each number comes from the module that owns it: levels, grids and optima from replaying the rule
-(controller.sweep_state), spend from the ledger's `flops` column, the final run's and brute
-force's price from telescope.plan, the drift and loss-vs-width laws from telescope.fits.
+(telescope.state.sweep_state), spend from the ledger's `flops` column, the final run's and brute
+force's price from telescope.spec.plan, the drift and loss-vs-width laws from telescope.core.fits.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from telescope.fits import DriftFit, InsufficientDataError, PowerLawFit, fit_drift, fit_power_law
-from telescope.plan import Plan
-from telescope.replay import SweepState, row_loss
-from telescope.spec import SweepSpec
-from telescope.telescoping import LevelGrid, LevelResult
+from telescope.core.fits import DriftFit, InsufficientDataError, PowerLawFit, fit_drift, fit_power_law
+from telescope.spec.plan import Plan
+from telescope.state import SweepState, row_loss
+from telescope.spec.sweep import SweepSpec
+from telescope.core.rule import LevelGrid, LevelResult
 
-from telescope.export import drift_fits, optimum_sigma  # noqa: F401  (re-exported for the notebook)
+from telescope.read.export import drift_fits, optimum_sigma  # noqa: F401  (re-exported for the notebook)
 
 REPORT_FILE = "report.md"
 # What arXiv 2505.02222 reports, quoted beside this sweep's own numbers.
@@ -50,7 +50,7 @@ class LevelSummary:
 
 @dataclass(frozen=True)
 class BruteForceSaving:
-    grid_kind: str  # "base resolution" | "finest spacing" (see telescope.plan)
+    grid_kind: str  # "base resolution" | "finest spacing" (see telescope.spec.plan)
     width: int
     grid: str
     trials: int

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import telescope
-from telescope.replay import SweepState
-from telescope.report.figures import transfer_axis
-from telescope.report.numbers import PAPER_FINAL_SHARE, PAPER_LOSS_ALPHA, PAPER_SAVINGS, ReportData
-from telescope.spec import SweepSpec
+from telescope.state import SweepState
+from telescope.read.report.figures import transfer_axis
+from telescope.read.report.numbers import PAPER_FINAL_SHARE, PAPER_LOSS_ALPHA, PAPER_SAVINGS, ReportData
+from telescope.spec.sweep import SweepSpec
 
 
 def _e(x: float) -> str:

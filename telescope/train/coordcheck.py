@@ -36,11 +36,11 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from telescope.config import HIDDEN_LR_RULES, PARAMETERIZATIONS, TrialConfig
-from telescope.data import train_batches, val_batches
+from telescope.core.contract import HIDDEN_LR_RULES, PARAMETERIZATIONS, TrialConfig
+from telescope.train.data import train_batches, val_batches
 from telescope.errors import ConfigError
-from telescope.model import GPT
-from telescope.trial import build_engine, resolve_device, torch_settings
+from telescope.train.model import GPT
+from telescope.train.trial import build_engine, resolve_device, torch_settings
 
 LAYERS = ("embedding", "attn", "mlp", "residual", "logits")
 WEIGHTED = ("attn", "mlp", "logits")  # layer types that are modules with weights of their own

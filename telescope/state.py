@@ -1,6 +1,6 @@
 """Replay Algorithm 1 against what the ledger holds.
 
-The telescoping rule (telescope.telescoping.telescope) is a generator that asks for the results of
+The telescoping rule (telescope.core.rule.telescope) is a generator that asks for the results of
 one step at a time. Replaying it against the ledger's rows answers every step whose trials are all
 recorded and stops at the first step that still needs work. Everything about a sweep's state is
 derived this way, so the controller (which then runs the missing trials), `status` and `export`
@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-from telescope.config import TrialConfig
+from telescope.core.contract import TrialConfig
 from telescope.errors import ConfigError
-from telescope.spec import SweepSpec
-from telescope.telescoping import LevelResult, Observation, Step, telescope
+from telescope.spec.sweep import SweepSpec, load_spec
+from telescope.store.directory import SPEC_FILE, load_sweep_dir
+from telescope.store.ledger import Ledger
+from telescope.core.rule import LevelResult, Observation, Step, telescope
 
 
 @dataclass(frozen=True)
@@ -139,3 +142,14 @@ def _complete_points(trials: list[PlannedTrial], n_seeds: int) -> set[int]:
     for t in trials:
         seeds_by_point.setdefault(t.sampler_trial, set()).add(t.seed)  # type: ignore[arg-type]
     return {n for n, seeds in seeds_by_point.items() if len(seeds) >= n_seeds}
+
+
+def sweep_state(out: str | Path) -> tuple[SweepSpec, Ledger, SweepState]:
+    """Read-only view of a sweep directory, for status, export and reports (no lock needed)."""
+    ledger, _, _ = load_sweep_dir(out)
+    spec = load_spec(Path(out) / SPEC_FILE)
+    return spec, ledger, replay(spec, ledger_rows(ledger))
+
+
+def ledger_rows(ledger: Ledger) -> dict[str, dict[str, Any]]:
+    return {row["trial_id"]: row for row in ledger.trials().to_dict("records")}

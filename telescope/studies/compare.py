@@ -22,9 +22,9 @@ before its lr has decayed, and overstates the tokens a run budgeted to end there
 optimizers share that bias, except the run that sets an automatic target: it crosses annealed, at
 its end. So where the faster optimizer crosses early, R is if anything understated.
 
-The study directory is a sweep directory (telescope.ledger): spec.toml, sweep.json, the Parquet
+The study directory is a sweep directory (telescope.store.ledger): spec.toml, sweep.json, the Parquet
 ledger, plus compare.json and the figures. Trial ids are content-addressed
-(telescope.replay.trial_id), so re-running the same spec skips every recorded trial. A spec may
+(telescope.state.trial_id), so re-running the same spec skips every recorded trial. A spec may
 come back with a wider lr grid, more batch sizes or seeds, or another target: only its new trials
 run, and the analysis reads exactly the trials the spec names.
 
@@ -45,22 +45,23 @@ from typing import Any
 
 import numpy as np
 
-from telescope.config import TrialConfig
-from telescope.controller import outcome_record
-from telescope.dispatch import Dispatcher, Job, Outcome, Resources
+from telescope.core.contract import TrialConfig
+from telescope.run.outcomes import outcome_record
+from telescope.run.dispatch import Dispatcher, Job, Outcome, Resources
 from telescope.errors import ConfigError
-from telescope.flops import muon_step_flops
-from telescope.ledger import (
-    META_FILE, SPEC_FILE, Ledger, SweepLock, atomic_write, load_sweep_dir, open_sweep_dir, write_spec,
-)
-from telescope.progress import Progress
-from telescope.replay import row_loss, trial_id
-from telescope.spec import AXIS_BOUNDS, MODEL_FIELDS, TRAINING_FIELDS, read_settings_section, spec_path
-from telescope.specfields import (
+from telescope.core.flops import muon_step_flops
+from telescope.store.directory import META_FILE, SPEC_FILE, load_sweep_dir, open_sweep_dir, write_spec
+from telescope.store.files import atomic_write
+from telescope.store.ledger import Ledger
+from telescope.store.lock import SweepLock
+from telescope.run.progress import Progress
+from telescope.state import row_loss, trial_id
+from telescope.spec.sweep import AXIS_BOUNDS, MODEL_FIELDS, TRAINING_FIELDS, read_settings_section, spec_path
+from telescope.spec.fields import (
     NAME_PATTERN, read_resources, read_seeds, read_toml, reject_unknown, required, whole_number,
 )
-from telescope.telescoping import Axis, base_grid
-from telescope.trial import run_trial
+from telescope.core.rule import Axis, base_grid
+from telescope.train.trial import run_trial
 
 KIND = "compare"
 OPTIMIZERS = ("muon", "adamw")  # R = T_adamw / T_muon: the study needs both
@@ -430,7 +431,7 @@ def is_compare_dir(path: str | Path) -> bool:
 def _run_missing(spec: CompareSpec, ledger: Ledger, address: str | None, num_cpus: int | None,
                  progress: Progress) -> None:
     trials = spec.trials()
-    recorded = ledger.completed_ids()  # any status: a failed or diverged trial is not rerun either
+    recorded = ledger.recorded_ids()  # any status: a failed or diverged trial is not rerun either
     missing = [t for t in trials if t.trial_id not in recorded]
     progress.note(
         f"compare {spec.name!r}: muon vs adamw at width {spec.width}, batch sizes "

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from telescope.config import BUILTIN_CORPUS
+from telescope.core.contract import BUILTIN_CORPUS
 from telescope.errors import ConfigError
 
 BYTE_VOCAB = 256

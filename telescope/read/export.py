@@ -2,8 +2,8 @@
 
 The base values are the optimum of the widest finished level (the calibration width once the sweep
 is complete), with their provenance. At the width W the user will train, muP turns them into
-concrete per-parameter-group values (telescope.scaling). `extrapolate` fits the drift
-x*(n) = x_inf - alpha/n over the levels' optima (telescope.fits) and predicts x*(W) with its
+concrete per-parameter-group values (telescope.core.scaling). `extrapolate` fits the drift
+x*(n) = x_inf - alpha/n over the levels' optima (telescope.core.fits) and predicts x*(W) with its
 uncertainty, for when W is far beyond the calibration width.
 """
 
@@ -17,12 +17,12 @@ from typing import Any
 import tomli_w
 import yaml
 
-from telescope.controller import sweep_state
+from telescope.state import sweep_state
 from telescope.errors import ConfigError
-from telescope.fits import DriftFit, InsufficientDataError, fit_drift
-from telescope.scaling import scaling_for
-from telescope.spec import SweepSpec
-from telescope.telescoping import LevelResult
+from telescope.core.fits import DriftFit, InsufficientDataError, fit_drift
+from telescope.core.scaling import scaling_for
+from telescope.spec.sweep import SweepSpec
+from telescope.core.rule import LevelResult
 
 FORMATS = ("json", "yaml", "toml")
 

@@ -1,6 +1,6 @@
 """`telescope status`: where a sweep stands, derived from its directory alone.
 
-Finished levels come from the replay (telescope.replay), the level in progress from its pending
+Finished levels come from the replay (telescope.state), the level in progress from its pending
 step, and the levels not reached yet from the plan (their grids depend on optima not known yet).
 """
 
@@ -10,10 +10,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from telescope.controller import sweep_state
-from telescope.ledger import lock_holder
-from telescope.plan import plan
-from telescope.replay import row_loss
+from telescope.state import sweep_state
+from telescope.store.lock import lock_holder
+from telescope.spec.plan import plan
+from telescope.state import row_loss
 
 
 def sweep_status(out: str | Path) -> dict[str, Any]:

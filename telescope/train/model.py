@@ -3,7 +3,7 @@
 Pre-norm blocks of causal self-attention and a GELU MLP, learned token and position embeddings,
 a final norm and a MuReadout head. Depth and head_dim are fixed; heads = width / head_dim, so a
 sweep changes only the width. Every number that depends on width (init stds, the readout
-multiplier, the attention scale) comes from telescope.scaling, and `mup.set_base_shapes` attaches
+multiplier, the attention scale) comes from telescope.core.scaling, and `mup.set_base_shapes` attaches
 mup's `infshape` to every parameter so mup's view of the model can be checked against ours.
 
 Choices, and why:
@@ -12,7 +12,7 @@ Choices, and why:
   (one width dimension, constant init and lr). Depth, seq_len and head_dim never change across
   widths, so the position scheme does not interact with the transfer being studied.
 - q, k, v, o are separate matrices because Muon orthogonalizes each on its own (the paper's
-  treatment, and what telescope.flops.muon_step_flops counts). Forward concatenates q, k, v into
+  treatment, and what telescope.core.flops.muon_step_flops counts). Forward concatenates q, k, v into
   one (3d x d) weight for a single matmul: fewer, larger GEMMs are faster on CPU and the copy is
   tiny next to the matmul.
 - LayerNorm with a gain and no bias, no biases in linears: fewer parameters whose muP treatment
@@ -28,10 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mup import MuReadout, set_base_shapes
 
-from telescope.config import TrialConfig
-from telescope.scaling import Scaling, scaling_for
+from telescope.core.contract import TrialConfig
+from telescope.core.scaling import Scaling, scaling_for
 
-# parameter name suffix -> (optimizer group in telescope.scaling.GROUPS, Scaling field of its init
+# parameter name suffix -> (optimizer group in telescope.core.scaling.GROUPS, Scaling field of its init
 # std, None for norm gains which start at 1). The one routing table: init and optimizers read it.
 PARAM_ROLES: dict[str, tuple[str, str | None]] = {
     "wte.weight": ("embedding", "init_embedding"),
@@ -54,7 +54,7 @@ def param_role(name: str) -> tuple[str, str | None]:
     for suffix, role in PARAM_ROLES.items():
         if name == suffix or name.endswith("." + suffix):
             return role
-    raise KeyError(f"parameter {name!r} has no muP role; add it to telescope.model.PARAM_ROLES")
+    raise KeyError(f"parameter {name!r} has no muP role; add it to telescope.train.model.PARAM_ROLES")
 
 
 class CausalSelfAttention(nn.Module):
@@ -138,13 +138,13 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.reshape(-1))
 
     def n_matmul_params(self) -> int:
-        """Parameters that take part in matmuls (all but embeddings and norms), as in telescope.flops."""
+        """Parameters that take part in matmuls (all but embeddings and norms), as in telescope.core.flops."""
         return sum(p.numel() for n, p in self.named_parameters() if param_role(n)[0] in ("hidden", "readout"))
 
 
 @torch.no_grad()
 def init_weights(model: GPT, generator: torch.Generator | None = None) -> None:
-    """Draw every parameter from its telescope.scaling init std (norm gains start at 1)."""
+    """Draw every parameter from its telescope.core.scaling init std (norm gains start at 1)."""
     for name, p in model.named_parameters():
         _, init_field = param_role(name)
         if init_field is None:

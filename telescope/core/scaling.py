@@ -2,7 +2,7 @@
 weight decay of every parameter group, the readout multiplier and the attention scale.
 
 No torch here, so `export` can print the values at a target width without building a model;
-telescope.model and telescope.optim read every number from `scaling_for`, and the tests check
+telescope.train.model and telescope.train.optim read every number from `scaling_for`, and the tests check
 that the built model and optimizers (and mup's own `infshape.width_mult()`) agree with it.
 
 The rules (Tensor Programs V, Adam-style muP, "MuReadout" flavour), with m = width / base_width:
@@ -50,9 +50,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from telescope.config import TrialConfig
+from telescope.core.contract import TrialConfig
 
-# Parameter groups, in the order the optimizer builds them. telescope.model tags every parameter
+# Parameter groups, in the order the optimizer builds them. telescope.train.model tags every parameter
 # with one of these; "hidden" is what Muon optimizes.
 GROUPS = ("hidden", "embedding", "norm", "readout")
 

@@ -24,7 +24,7 @@ OPTIMIZERS = ("muon", "adamw")
 PARAMETERIZATIONS = ("mup", "sp")
 HIDDEN_LR_RULES = ("adam-mup", "spectral")
 DEVICES = ("auto", "cpu", "cuda")
-# The coordinate check's trial settings (telescope.coordcheck): a moderately large lr, so SP's
+# The coordinate check's trial settings (telescope.train.coordcheck): a moderately large lr, so SP's
 # width dependence shows within a few steps; a shape small enough that widths 32..256 run in
 # seconds on a CPU. Here, torch-free, so the CLI can show them without importing torch.
 COORDCHECK_DEFAULTS = dict(depth=2, seq_len=64, batch_size=8, lr=0.02, init_std=0.02)
@@ -36,7 +36,7 @@ EXECUTION_FIELDS = frozenset({"num_threads"})  # how a trial runs, not what it c
 class TrialConfig:
     """Everything one training run needs. Width is the only thing a sweep changes across levels.
 
-    `lr`, `init_std` and `weight_decay` are *base* values: muP (see telescope.scaling) rescales
+    `lr`, `init_std` and `weight_decay` are *base* values: muP (see telescope.core.scaling) rescales
     them per parameter group from the width multiplier width / base_width.
     """
 
@@ -179,7 +179,7 @@ class TrialResult:
     final_loss: float
     final_train_loss: float
     tokens: int  # tokens trained on (steps actually run x batch x seq_len)
-    flops: float  # model FLOPs actually spent (6ND + attention), see telescope.flops
+    flops: float  # model FLOPs actually spent (6ND + attention), see telescope.core.flops
     wall_time_s: float
     device: str  # e.g. "cpu" or "cuda:0 (NVIDIA H100)"
     steps_done: int

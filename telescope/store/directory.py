@@ -1,0 +1,141 @@
+"""Sweep directories: create one for a spec, refuse one that belongs to another, open one to read.
+
+    DIR/spec.toml          the sweep spec, as the user wrote it
+    DIR/sweep.json         {"format", "kind", "spec_fingerprint", "name", "created_at", "telescope_version"}
+    DIR/trials.parquet/    the ledger (telescope.store.ledger)
+    DIR/curves.parquet/
+    DIR/.lock              flock'ed by the controller that writes (telescope.store.lock)
+
+sweep.json is written last, so its presence marks a directory whose creation finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import telescope
+from telescope.errors import ConfigError
+from telescope.store.files import TMP_NAME, atomic_write, fsync_dir
+from telescope.store.ledger import Ledger
+
+FORMAT = 1
+SPEC_FILE = "spec.toml"
+META_FILE = "sweep.json"
+LOCK_FILE = ".lock"
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _kind(path: Path) -> str:
+    """absent | fresh (empty, or a creation cut short under our lock) | sweep | file | foreign."""
+    if not path.exists():
+        return "absent"
+    if not path.is_dir():
+        return "file"
+    names = {n for n in os.listdir(path) if not TMP_NAME.match(n)}
+    if META_FILE in names:
+        return "sweep"
+    # sweep.json is written last when a directory is created; a .lock proves telescope made it.
+    if names <= {LOCK_FILE} or (LOCK_FILE in names and names <= {LOCK_FILE, SPEC_FILE}):
+        return "fresh"
+    return "foreign"
+
+
+def refuse_unusable(path: Path) -> str:
+    kind = _kind(path)
+    if kind == "file":
+        raise ConfigError(str(path), "is a file, not a sweep directory; give a directory for --out")
+    if kind == "foreign":
+        raise ConfigError(
+            str(path),
+            "exists and is not a sweep directory (no sweep.json); use a new or empty directory for --out",
+        )
+    return kind
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(str(path), f"{META_FILE} is unreadable ({err}); restore it or start a new sweep") from None
+    wanted = {"format": int, "spec_fingerprint": str, "name": str, "created_at": str, "telescope_version": str}
+    bad = [k for k, t in wanted.items() if not isinstance(meta, dict) or not isinstance(meta.get(k), t)]
+    if bad:
+        raise ConfigError(str(path), f"{META_FILE} is corrupt (bad or missing {', '.join(bad)}); restore it or start a new sweep")
+    if meta["format"] != FORMAT:
+        raise ConfigError(
+            str(path),
+            f"{META_FILE} has format {meta['format']}; telescope {telescope.__version__} reads format {FORMAT}",
+        )
+    return meta
+
+
+def write_spec(path: str | os.PathLike[str], spec_text: str) -> None:
+    """Store the sweep spec's text as DIR/spec.toml, atomically."""
+    atomic_write(Path(path) / SPEC_FILE, spec_text)
+
+
+def check_sweep_dir(path: str | os.PathLike[str], spec_fingerprint: str) -> str:
+    """Read-only: whether `run` may use `path` for this spec ("absent", "sweep", ...), or a
+    ConfigError. `run` calls it before taking the lock, so a refusal leaves every byte alone."""
+    path = Path(path)
+    kind = refuse_unusable(path)
+    if kind == "sweep":
+        meta = _read_meta(path)
+        if meta["spec_fingerprint"] != spec_fingerprint:
+            raise ConfigError(
+                str(path),
+                f"holds a ledger from another spec (fingerprint {meta['spec_fingerprint']}, this spec "
+                f"{spec_fingerprint}); use a new --out or `telescope resume {path}`",
+            )
+    return kind
+
+
+def open_sweep_dir(
+    path: str | os.PathLike[str], spec_text: str, spec_fingerprint: str, name: str
+) -> Ledger:
+    """The ledger `run` writes to: a new sweep directory, or this spec's existing one.
+
+    Reusing a directory of the same spec makes re-running a no-op for finished trials. Refuses
+    (ConfigError, no file touched) a directory of another spec or one that is not a sweep
+    directory. Call it holding SweepLock(path).
+    """
+    path = Path(path)
+    kind = check_sweep_dir(path, spec_fingerprint)
+    if kind == "sweep":
+        if not (path / SPEC_FILE).is_file():
+            write_spec(path, spec_text)  # same fingerprint: restoring the copy loses nothing
+        return Ledger(path)
+
+    path.mkdir(parents=True, exist_ok=True)
+    write_spec(path, spec_text)
+    meta = {
+        "format": FORMAT, "spec_fingerprint": spec_fingerprint, "name": name,
+        "created_at": utc_now(), "telescope_version": telescope.__version__,
+    }
+    atomic_write(path / META_FILE, json.dumps(meta, indent=2) + "\n")  # last: marks the dir complete
+    if kind == "absent":
+        fsync_dir(path.parent)
+    return Ledger(path)
+
+
+def load_sweep_dir(path: str | os.PathLike[str]) -> tuple[Ledger, str, dict[str, Any]]:
+    """An existing sweep directory, for resume/status/export: (ledger, spec text, sweep.json)."""
+    path = Path(path)
+    hint = "give the --out directory of a `telescope run`"
+    if not path.exists():
+        raise ConfigError(str(path), f"does not exist; {hint}")
+    if _kind(path) != "sweep":
+        raise ConfigError(str(path), f"is not a sweep directory (no {META_FILE}); {hint}")
+    meta = _read_meta(path)
+    try:
+        spec_text = (path / SPEC_FILE).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(str(path), f"{SPEC_FILE} is unreadable ({err}); restore the sweep's spec there") from None
+    return Ledger(path), spec_text, meta

@@ -2,6 +2,7 @@
 
     DIR/spec.toml          the sweep spec, as the user wrote it
     DIR/sweep.json         {"format", "kind", "spec_fingerprint", "name", "created_at", "telescope_version"}
+                           kind: "sweep" (telescope run) or "compare" (telescope compare)
     DIR/trials.parquet/    the ledger (telescope.store.ledger)
     DIR/curves.parquet/
     DIR/.lock              flock'ed by the controller that writes (telescope.store.lock)
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,17 @@ FORMAT = 1
 SPEC_FILE = "spec.toml"
 META_FILE = "sweep.json"
 LOCK_FILE = ".lock"
+KINDS = {"sweep": "telescope run", "compare": "telescope compare"}  # what writes each kind
 
 
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _kind(path: Path) -> str:
-    """absent | fresh (empty, or a creation cut short under our lock) | sweep | file | foreign."""
+def _state(path: Path) -> str:
+    """absent | fresh (empty, or a creation cut short under our lock) | sweep | file | foreign.
+
+    "sweep" means any telescope directory (its sweep.json says which kind)."""
     if not path.exists():
         return "absent"
     if not path.is_dir():
@@ -48,15 +53,15 @@ def _kind(path: Path) -> str:
 
 
 def refuse_unusable(path: Path) -> str:
-    kind = _kind(path)
-    if kind == "file":
+    state = _state(path)
+    if state == "file":
         raise ConfigError(str(path), "is a file, not a sweep directory; give a directory for --out")
-    if kind == "foreign":
+    if state == "foreign":
         raise ConfigError(
             str(path),
             "exists and is not a sweep directory (no sweep.json); use a new or empty directory for --out",
         )
-    return kind
+    return state
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -73,7 +78,33 @@ def _read_meta(path: Path) -> dict[str, Any]:
             str(path),
             f"{META_FILE} has format {meta['format']}; telescope {telescope.__version__} reads format {FORMAT}",
         )
+    if "kind" not in meta:  # written before the kind was stored: only a compare study's spec says so
+        meta["kind"] = "compare" if _spec_says_compare(path) else "sweep"
+    if meta["kind"] not in KINDS:
+        raise ConfigError(str(path), f"{META_FILE} has unknown kind {meta['kind']!r}; expected {', '.join(KINDS)}")
     return meta
+
+
+def _spec_says_compare(path: Path) -> bool:
+    try:
+        return tomllib.loads((path / SPEC_FILE).read_text(encoding="utf-8")).get("kind") == "compare"
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+
+
+def directory_kind(path: str | os.PathLike[str]) -> str | None:
+    """The stored kind of a telescope directory ("sweep" or "compare"), or None if `path` is not one."""
+    path = Path(path)
+    return _read_meta(path)["kind"] if _state(path) == "sweep" else None
+
+
+def _refuse_other_kind(path: Path, meta: dict[str, Any], kind: str) -> None:
+    if meta["kind"] != kind:
+        raise ConfigError(
+            str(path),
+            f"is a {meta['kind']} directory (made by `{KINDS[meta['kind']]}`), not a {kind} directory; "
+            f"use a new --out, or a command for {meta['kind']} directories",
+        )
 
 
 def write_spec(path: str | os.PathLike[str], spec_text: str) -> None:
@@ -81,24 +112,25 @@ def write_spec(path: str | os.PathLike[str], spec_text: str) -> None:
     atomic_write(Path(path) / SPEC_FILE, spec_text)
 
 
-def check_sweep_dir(path: str | os.PathLike[str], spec_fingerprint: str) -> str:
+def check_sweep_dir(path: str | os.PathLike[str], spec_fingerprint: str, kind: str = "sweep") -> str:
     """Read-only: whether `run` may use `path` for this spec ("absent", "sweep", ...), or a
     ConfigError. `run` calls it before taking the lock, so a refusal leaves every byte alone."""
     path = Path(path)
-    kind = refuse_unusable(path)
-    if kind == "sweep":
+    state = refuse_unusable(path)
+    if state == "sweep":
         meta = _read_meta(path)
+        _refuse_other_kind(path, meta, kind)
         if meta["spec_fingerprint"] != spec_fingerprint:
             raise ConfigError(
                 str(path),
                 f"holds a ledger from another spec (fingerprint {meta['spec_fingerprint']}, this spec "
                 f"{spec_fingerprint}); use a new --out or `telescope resume {path}`",
             )
-    return kind
+    return state
 
 
 def open_sweep_dir(
-    path: str | os.PathLike[str], spec_text: str, spec_fingerprint: str, name: str
+    path: str | os.PathLike[str], spec_text: str, spec_fingerprint: str, name: str, kind: str = "sweep"
 ) -> Ledger:
     """The ledger `run` writes to: a new sweep directory, or this spec's existing one.
 
@@ -107,8 +139,10 @@ def open_sweep_dir(
     directory. Call it holding SweepLock(path).
     """
     path = Path(path)
-    kind = check_sweep_dir(path, spec_fingerprint)
-    if kind == "sweep":
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    state = check_sweep_dir(path, spec_fingerprint, kind)
+    if state == "sweep":
         if not (path / SPEC_FILE).is_file():
             write_spec(path, spec_text)  # same fingerprint: restoring the copy loses nothing
         return Ledger(path)
@@ -116,24 +150,27 @@ def open_sweep_dir(
     path.mkdir(parents=True, exist_ok=True)
     write_spec(path, spec_text)
     meta = {
-        "format": FORMAT, "spec_fingerprint": spec_fingerprint, "name": name,
+        "format": FORMAT, "kind": kind, "spec_fingerprint": spec_fingerprint, "name": name,
         "created_at": utc_now(), "telescope_version": telescope.__version__,
     }
     atomic_write(path / META_FILE, json.dumps(meta, indent=2) + "\n")  # last: marks the dir complete
-    if kind == "absent":
+    if state == "absent":
         fsync_dir(path.parent)
     return Ledger(path)
 
 
-def load_sweep_dir(path: str | os.PathLike[str]) -> tuple[Ledger, str, dict[str, Any]]:
-    """An existing sweep directory, for resume/status/export: (ledger, spec text, sweep.json)."""
+def load_sweep_dir(path: str | os.PathLike[str], kind: str | None = "sweep") -> tuple[Ledger, str, dict[str, Any]]:
+    """An existing directory of `kind` (any kind if None), for resume/status/export:
+    (ledger, spec text, sweep.json)."""
     path = Path(path)
     hint = "give the --out directory of a `telescope run`"
     if not path.exists():
         raise ConfigError(str(path), f"does not exist; {hint}")
-    if _kind(path) != "sweep":
+    if _state(path) != "sweep":
         raise ConfigError(str(path), f"is not a sweep directory (no {META_FILE}); {hint}")
     meta = _read_meta(path)
+    if kind is not None:
+        _refuse_other_kind(path, meta, kind)
     try:
         spec_text = (path / SPEC_FILE).read_text()
     except (OSError, UnicodeDecodeError) as err:

@@ -19,7 +19,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-from telescope.core.contract import TrialConfig
+from telescope.core.contract import TrialConfig, trial_id
 from telescope.errors import ConfigError
 from telescope.spec.sweep import SweepSpec, load_spec
 from telescope.store.directory import SPEC_FILE, load_sweep_dir
@@ -71,9 +71,6 @@ class SweepState:
         return self.levels[-1].optimum if self.levels else None
 
 
-def trial_id(level: int, config: TrialConfig) -> str:
-    """Deterministic and content-addressed: the same trial of the same spec always gets the same id."""
-    return f"L{level}-w{config.width}-s{config.seed}-{config.fingerprint()}"
 
 
 def row_loss(row: Mapping[str, Any]) -> float:

@@ -8,9 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from typing import Any
 
-from telescope.core.contract import DEVICES, HIDDEN_LR_RULES, OPTIMIZERS, PARAMETERIZATIONS, TrialConfig
+from telescope.core.contract import (
+    DEVICES,
+    HIDDEN_LR_RULES,
+    OPTIMIZERS,
+    PARAMETERIZATIONS,
+    TrialConfig,
+)
+from telescope.core.numbers import json_safe
 
 _DEFAULTS = TrialConfig()
 # (flag, TrialConfig field, type, choices); defaults and validation come from TrialConfig
@@ -52,13 +58,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _finite_or_none(value: Any) -> Any:
-    """Strict JSON has no NaN: a diverged trial's loss prints as null."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def run(args: argparse.Namespace) -> int:
-    from telescope.train.data import load_corpus, unigram_entropy  # torch: imported by the command, not by --help
+    from telescope.train.data import (  # torch: imported by the command, not by --help
+        load_corpus,
+        unigram_entropy,
+    )
     from telescope.train.trial import run_trial
 
     cfg = TrialConfig(**{name: getattr(args, name) for _, name, _, _ in TRIAL_OPTIONS if getattr(args, name) is not None})
@@ -66,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_trial(cfg)
     summary = result.summary()
     if args.json:
-        out = {k: _finite_or_none(v) for k, v in summary.items()}
+        out = {k: json_safe(v) for k, v in summary.items()}
         out["unigram_entropy"] = entropy
         out["config"] = cfg.to_dict()
         print(json.dumps(out))

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from telescope.core.numbers import canonical
 from telescope.errors import ConfigError
 
 Optimizer = Literal["muon", "adamw"]
@@ -163,12 +164,16 @@ class TrialConfig:
         `num_threads` is left out: it is how a trial is executed (set from the resources it was
         given), not what it computes, and changing a sweep's resources must not rename its trials.
         """
-        canonical = {
-            k: (float(f"{v:.12g}") if isinstance(v, float) else v)
-            for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS
-        }
-        blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+        computed = canonical({k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS})
+        blob = json.dumps(computed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def trial_id(level: int, config: TrialConfig) -> str:
+    """Deterministic and content-addressed: the same trial of the same spec always gets the same
+    id, so re-running a recorded trial is a no-op. `level` keeps equal configs run at different
+    levels of one sweep (a point reused after a shift) apart in the ledger."""
+    return f"L{level}-w{config.width}-s{config.seed}-{config.fingerprint()}"
 
 
 @dataclass

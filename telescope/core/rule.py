@@ -28,13 +28,13 @@ from typing import Literal
 
 import numpy as np
 
+from telescope.core.numbers import round_sig
 from telescope.errors import ConfigError
 
 Scale = Literal["log", "linear"]
 Edge = Literal["low", "high"]
 Method = Literal["quadratic", "parabola", "grid", "sample"]
 SCALES = ("log", "linear")
-_SIGNIFICANT = 12  # real values keep 12 significant digits: the precision of TrialConfig.fingerprint
 _ON_GRID = 1e-6  # an observation within this many spacings of a grid point is that point
 
 
@@ -93,7 +93,7 @@ class Axis:
         return math.log(x) if self.scale == "log" else float(x)
 
     def from_scale(self, u: float) -> float:
-        return float(f"{math.exp(u) if self.scale == 'log' else u:.{_SIGNIFICANT}g}")
+        return round_sig(math.exp(u) if self.scale == "log" else u)
 
     def scale_bounds(self) -> tuple[float, float]:
         lo, hi = self.bounds

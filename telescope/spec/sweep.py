@@ -25,6 +25,7 @@ from typing import Any
 import tomli_w
 
 from telescope.core.contract import TrialConfig
+from telescope.core.numbers import canonical
 from telescope.errors import ConfigError
 from telescope.spec.resources import Resources
 from telescope.spec.fields import (
@@ -143,18 +144,10 @@ class SweepSpec:
         """A stable hash of what decides the sweep's trials and results. Leaves out the name,
         target_width (export only) and [resources] (how trials run, not what they compute)."""
         data = {k: v for k, v in self.to_dict().items() if k not in ("name", "target_width", "resources")}
-        blob = json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(canonical(data), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _canonical(v: Any) -> Any:
-    if isinstance(v, float):
-        return float(f"{v:.12g}")
-    if isinstance(v, dict):
-        return {k: _canonical(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_canonical(x) for x in v]
-    return v
 
 
 def _per_level_out(values: list[float]) -> float | list[float]:

@@ -24,7 +24,7 @@ its end. So where the faster optimizer crosses early, R is if anything understat
 
 The study directory is a sweep directory (telescope.store.ledger): spec.toml, sweep.json, the Parquet
 ledger, plus compare.json and the figures. Trial ids are content-addressed
-(telescope.state.trial_id), so re-running the same spec skips every recorded trial. A spec may
+(telescope.core.contract.trial_id), so re-running the same spec skips every recorded trial. A spec may
 come back with a wider lr grid, more batch sizes or seeds, or another target: only its new trials
 run, and the analysis reads exactly the trials the spec names.
 
@@ -45,22 +45,40 @@ from typing import Any
 
 import numpy as np
 
-from telescope.core.contract import TrialConfig
-from telescope.run.outcomes import outcome_record
-from telescope.run.dispatch import Dispatcher, Job, Outcome, Resources
-from telescope.errors import ConfigError
+from telescope.core.contract import TrialConfig, trial_id
 from telescope.core.flops import muon_step_flops
-from telescope.store.directory import META_FILE, SPEC_FILE, load_sweep_dir, open_sweep_dir, write_spec
+from telescope.core.rule import Axis, base_grid
+from telescope.errors import ConfigError
+from telescope.run.dispatch import Dispatcher, Job, Outcome, Resources
+from telescope.run.outcomes import outcome_record
+from telescope.run.progress import Progress
+from telescope.spec.fields import (
+    NAME_PATTERN,
+    read_resources,
+    read_seeds,
+    read_toml,
+    reject_unknown,
+    required,
+    whole_number,
+)
+from telescope.spec.sweep import (
+    AXIS_BOUNDS,
+    MODEL_FIELDS,
+    TRAINING_FIELDS,
+    read_settings_section,
+    spec_path,
+)
+from telescope.state import row_loss
+from telescope.store.directory import (
+    META_FILE,
+    SPEC_FILE,
+    load_sweep_dir,
+    open_sweep_dir,
+    write_spec,
+)
 from telescope.store.files import atomic_write
 from telescope.store.ledger import Ledger
 from telescope.store.lock import SweepLock
-from telescope.run.progress import Progress
-from telescope.state import row_loss, trial_id
-from telescope.spec.sweep import AXIS_BOUNDS, MODEL_FIELDS, TRAINING_FIELDS, read_settings_section, spec_path
-from telescope.spec.fields import (
-    NAME_PATTERN, read_resources, read_seeds, read_toml, reject_unknown, required, whole_number,
-)
-from telescope.core.rule import Axis, base_grid
 from telescope.train.trial import run_trial
 
 KIND = "compare"
@@ -719,7 +737,9 @@ def plot_compare(table: Mapping[str, Any], outdir: str | Path) -> dict[str, str]
 
 # matplotlib is imported inside the plotting functions: the CLI and the maths stay fast to import.
 def _figure(ncols: int) -> Any:
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, safe in a notebook
+    from matplotlib.figure import (
+        Figure,  # no pyplot: no global backend state, safe in a notebook
+    )
 
     return Figure(figsize=(5.2 * ncols, 4.0), layout="constrained")
 

@@ -37,8 +37,9 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from telescope.core.contract import HIDDEN_LR_RULES, PARAMETERIZATIONS, TrialConfig
-from telescope.train.data import train_batches, val_batches
+from telescope.core.numbers import json_safe
 from telescope.errors import ConfigError
+from telescope.train.data import train_batches, val_batches
 from telescope.train.model import GPT
 from telescope.train.trial import build_engine, resolve_device, torch_settings
 
@@ -112,17 +113,9 @@ class CoordCheck:
         data = asdict(self)
         data.update(layers={m: list(ls) for m, ls in METRIC_LAYERS.items()},
                     spreads=self.spreads(), summary=self.summary())
-        return _finite(data)
+        return json_safe(data)
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def variant_configs(

@@ -92,7 +92,7 @@ def trial_config(point: dict[str, float], steps: int):
 def work(cfg) -> dict[str, Any]:
     """One trial: run_trial, timed around itself only (imports and the corpus cache come first)."""
     enter = time.time()
-    from telescope.train.data import load_corpus
+    from telescope.core.corpus import load_corpus
     from telescope.train.trial import run_trial
 
     load_corpus(cfg.data, cfg.vocab_size, cfg.val_frac)  # cached per process after the first call

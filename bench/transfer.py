@@ -60,7 +60,7 @@ from bench.common import RESULTS, machine_line, table, write_csv  # noqa: E402
 from telescope.core.contract import TrialConfig, TrialResult  # noqa: E402
 from telescope.run.controller import run_sweep  # noqa: E402
 from telescope.state import sweep_state  # noqa: E402
-from telescope.train.data import load_corpus  # noqa: E402
+from telescope.core.corpus import load_corpus  # noqa: E402
 from telescope.run.dispatch import Dispatcher, Job, Outcome  # noqa: E402
 from telescope.read.export import export  # noqa: E402
 from telescope.run.progress import Progress  # noqa: E402

@@ -6,13 +6,17 @@
     +-- NoOptimumError        a level has no optimum to follow (every trial diverged or failed)
     +-- SweepStopped          a sweep that cannot go on; carries the NoOptimumError's reason (exit 3)
 
+    Terminated (a BaseException, like KeyboardInterrupt)   SIGTERM arrived (CLI: one line, exit 143)
+
 Programmer errors (a caller breaking a function's contract) stay ValueError / TypeError and keep
 their tracebacks: they are bugs to fix, not messages for a user.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping
+from types import FrameType
 
 
 class TelescopeError(Exception):
@@ -72,4 +76,25 @@ class SweepStopped(TelescopeError):
 
     def __init__(self, name: str, reason: str):
         self.name, self.reason = name, reason
-        super().__init__(f"sweep {name!r} stopped: {reason}")
+        super().__init__(f"sweep {name!r} cannot go on: {reason}")
+
+
+class Terminated(BaseException):
+    """SIGTERM (`kill`, a Kubernetes eviction, a scheduler's preemption) as an exception.
+
+    It unwinds like KeyboardInterrupt, so every `finally`, context manager and
+    `except BaseException` cleanup runs: the dispatcher cancels its running trials, Ray stops,
+    the sweep lock is released, and the CLI exits 143 with one line. A BaseException so that
+    `except Exception` handlers (a trial's, a library's) do not swallow it.
+    """
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        self.signum = signum
+        super().__init__(f"terminated by signal {signum}")
+
+    @classmethod
+    def handler(cls, signum: int, frame: FrameType | None) -> None:
+        """Signal handler for `signal.signal`: raise Terminated for the first signal, and ignore
+        repeats, so that a second `kill` cannot cut short the cleanup the first one started."""
+        signal.signal(signum, signal.SIG_IGN)
+        raise cls(signum)

@@ -1,6 +1,6 @@
 """Replay Algorithm 1 against what the ledger holds.
 
-The telescoping rule (telescope.core.rule.telescope) is a generator that asks for the results of
+The telescoping rule (telescope.core.rule.telescoping_steps) is a generator that asks for the results of
 one step at a time. Replaying it against the ledger's rows answers every step whose trials are all
 recorded and stops at the first step that still needs work. Everything about a sweep's state is
 derived this way, so the controller (which then runs the missing trials), `status` and `export`
@@ -8,11 +8,17 @@ can never disagree, and resuming after a crash is just replaying again.
 
 Grid levels: a step's trials are its points x the spec's seeds, each with a deterministic id.
 Sampler levels (Optuna): a step asks for len(step.points) points inside the level's box; the
-level is complete when that many distinct points have a row for every seed.
+level is complete when that many *distinct* points (by value, whatever Optuna trial numbers they
+came under) have a row for every seed. Counting distinct points from the ledger, never the
+study's asks, is what keeps a resumed level from chasing a budget that repeated asks used up.
+If a level finds no optimum (every trial diverged or failed), the state says why, with the
+trials' own errors.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from telescope.core.contract import TrialConfig, trial_id
-from telescope.errors import ConfigError
+from telescope.core.numbers import round_sig
+from telescope.errors import NoOptimumError
 from telescope.spec.sweep import SweepSpec, load_spec
 from telescope.store.directory import SPEC_FILE, load_sweep_dir
 from telescope.store.ledger import Ledger
-from telescope.core.rule import LevelResult, Observation, Step, telescope
+from telescope.core.rule import LevelResult, Observation, Step, telescoping_steps
 
 
 @dataclass(frozen=True)
@@ -92,24 +99,25 @@ def replay(spec: SweepSpec, rows: Mapping[str, Mapping[str, Any]]) -> SweepState
     rows_by_level: dict[int, list[Mapping[str, Any]]] = {}
     for row in rows.values():
         rows_by_level.setdefault(int(row["level"]), []).append(row)
-    gen = telescope(spec.axes, spec.widths, min_points=spec.min_points, max_widenings=spec.max_widenings)
+    gen = telescoping_steps(spec.axes, spec.widths, min_points=spec.min_points, max_widenings=spec.max_widenings,
+                            max_shifts=spec.max_shifts, centre=spec.centre)
     step = next(gen)
     while True:
         sampler = spec.samplers[step.level]
         budget = len(step.points)
-        if sampler == "grid":
+        if spec.sampler(step.level).fixed_points:
             wanted = [plan_trial(spec, step.level, step.width, p, s) for p in step.points for s in spec.seeds]
             recorded = [t for t in wanted if t.trial_id in rows]
             missing = [t for t in wanted if t.trial_id not in rows]
             done = not missing
         else:
             recorded = _sampler_trials(spec, step, rows_by_level.get(step.level, []))
-            complete = _complete_points(recorded, len(spec.seeds))
+            complete = complete_points(recorded, spec.seeds)
             missing = []
             done = len(complete) >= budget
             if done:  # the first `budget` points by trial number; a surplus ask (after a crash) is ignored
-                keep = set(sorted(complete)[:budget])
-                recorded = [t for t in recorded if t.sampler_trial in keep]
+                keep = set(sorted(complete, key=complete.get)[:budget])
+                recorded = [t for t in recorded if point_key(t.point) in keep]
         if not done:
             gen.close()
             return SweepState(spec, list(step.completed), PendingStep(step, sampler, recorded, missing, budget))
@@ -118,8 +126,9 @@ def replay(spec: SweepSpec, rows: Mapping[str, Mapping[str, Any]]) -> SweepState
             step = gen.send(observations)
         except StopIteration as finished:
             return SweepState(spec, list(finished.value.levels), None)
-        except ConfigError as err:  # the rule found no way on; the ledger still says how far it got
-            return SweepState(spec, list(step.completed), None, stopped=str(err))
+        except NoOptimumError as err:  # the rule found no way on; the ledger still says how far it got
+            level_rows = rows_by_level.get(step.level, [])
+            return SweepState(spec, list(step.completed), None, stopped=str(_with_causes(err, level_rows)))
 
 
 def _sampler_trials(spec: SweepSpec, step: Step, level_rows: list[Mapping[str, Any]]) -> list[PlannedTrial]:
@@ -134,11 +143,43 @@ def _sampler_trials(spec: SweepSpec, step: Step, level_rows: list[Mapping[str, A
     return trials
 
 
-def _complete_points(trials: list[PlannedTrial], n_seeds: int) -> set[int]:
-    seeds_by_point: dict[int, set[int]] = {}
+def point_key(point: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    """A point's identity at the precision trial ids are made at: two asks of the same values are
+    one point, whatever their Optuna trial numbers."""
+    return tuple((name, round_sig(float(v))) for name, v in sorted(point.items()))
+
+
+def point_id(level: int, point: Mapping[str, float]) -> str:
+    """The ledger's `point_id`: one id per point of a level, shared by its seeds' rows, so a
+    reader groups seeds without matching floats."""
+    digest = hashlib.sha256(json.dumps(point_key(point)).encode()).hexdigest()[:12]
+    return f"L{level}-{digest}"
+
+
+def complete_points(trials: list[PlannedTrial], seeds: tuple[int, ...]) -> dict[tuple, int]:
+    """Distinct points that have a row for every seed -> the lowest Optuna trial number they
+    were recorded under (the order in which the level keeps them)."""
+    seeds_by_point: dict[tuple, set[int]] = {}
+    first: dict[tuple, int] = {}
     for t in trials:
-        seeds_by_point.setdefault(t.sampler_trial, set()).add(t.seed)  # type: ignore[arg-type]
-    return {n for n, seeds in seeds_by_point.items() if len(seeds) >= n_seeds}
+        key = point_key(t.point)
+        seeds_by_point.setdefault(key, set()).add(t.seed)
+        first[key] = min(first.get(key, t.sampler_trial), t.sampler_trial)  # type: ignore[type-var]
+    return {key: first[key] for key, got in seeds_by_point.items() if set(seeds) <= got}
+
+
+def _with_causes(err: NoOptimumError, level_rows: list[Mapping[str, Any]]) -> NoOptimumError:
+    """The rule's NoOptimumError with the level's own tally: how many trials diverged and failed,
+    and the failed trials' most common errors, so the message blames the real cause."""
+    statuses = [row.get("status") for row in level_rows]
+    errors: dict[str, int] = {}
+    for row in level_rows:
+        if row.get("status") == "failed":
+            text = str(row.get("error") or "no error recorded")
+            errors[text] = errors.get(text, 0) + 1
+    common = dict(sorted(errors.items(), key=lambda kv: -kv[1]))
+    return NoOptimumError(err.level, err.width, diverged=statuses.count("diverged"),
+                          failed=statuses.count("failed"), errors=common)
 
 
 def sweep_state(out: str | Path) -> tuple[SweepSpec, Ledger, SweepState]:

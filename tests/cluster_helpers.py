@@ -1,29 +1,15 @@
-"""What the cluster tests read off the machine: cluster/local_cluster.py as a module, TCP
-sockets from /proc, which sockets a process holds, and how many intervals overlap at most."""
+"""What the cluster tests read off the machine: TCP sockets from /proc, which sockets a process holds, and how many intervals overlap at most."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
 LISTEN, ESTABLISHED = "0A", "01"  # /proc/net/tcp state codes
-
-
-def load_local_cluster():
-    """cluster/local_cluster.py (a script, not a package module), loaded once per process."""
-    if "local_cluster" in sys.modules:
-        return sys.modules["local_cluster"]
-    spec = importlib.util.spec_from_file_location("local_cluster", ROOT / "cluster" / "local_cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["local_cluster"] = module  # dataclasses look the module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 class TcpSocket(NamedTuple):

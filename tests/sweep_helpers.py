@@ -22,6 +22,7 @@ seeds = {seeds}
 min_points = 3
 max_widenings = 1
 sampler = {sampler}
+{rule}
 
 [model]
 depth = 1
@@ -55,10 +56,11 @@ num_cpus = 1
 
 
 def write_spec(tmp_path: Path, name: str = "tiny.toml", *, calibration_width: int = 32, seeds: int = 1,
-               sampler: str = '"grid"', steps: int = 10, resources: str = "") -> Path:
+               sampler: str = '"grid"', steps: int = 10, resources: str = "", rule: str = "") -> Path:
+    """`rule`: extra top-level lines, e.g. 'max_shifts = 0\ncentre = "previous"' (the paper's rule)."""
     path = tmp_path / name
     path.write_text(TINY_SPEC.format(calibration_width=calibration_width, seeds=seeds, sampler=sampler,
-                                     steps=steps, resources=resources))
+                                     steps=steps, resources=resources, rule=rule))
     return path
 
 

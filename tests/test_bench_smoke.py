@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-SCRIPTS = ("engine.py", "orchestration.py", "transfer.py")
+SCRIPTS = ("engine.py", "orchestration.py", "transfer.py", "tracking.py")
 
 
 def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -73,3 +73,14 @@ def test_engine_quick(tmp_path: Path) -> None:
     assert [(r["width"], r["optimizer"]) for r in rows] == [("64", "adamw"), ("64", "muon")]
     assert all(0 < float(r["mfu"]) and 0 < float(r["ratio"]) for r in rows)
     assert float(rows[1]["ns_gflop_per_step"]) > 0 == float(rows[0]["ns_gflop_per_step"])
+
+
+@pytest.mark.bench
+def test_tracking_quick(tmp_path: Path) -> None:
+    out = run(str(BENCH / "tracking.py"), "--quick", "--results", str(tmp_path), timeout=300).stdout
+    assert has_header(out, "alpha", "rule", "tracked", "loss gap mean", "all bracketed", "trials mean")
+    rows = csv_rows(tmp_path / "tracking_quick.csv")
+    assert {r["rule"] for r in rows} == {"paper", "rings", "rings+drift"}
+    # without noise and without drift every rule finds the optimum with the planned trials
+    still = [r for r in rows if float(r["noise"]) == 0 and float(r["alpha"]) == 0]
+    assert still and all(float(r["tracked"]) == 1.0 for r in still)

@@ -218,7 +218,7 @@ def test_nothing_binds_all_interfaces_except_the_guarded_rayjob_dashboard():
 
 
 def test_local_cluster_script_stays_on_loopback():
-    src = (CLUSTER / "local_cluster.py").read_text()
+    src = (ROOT / "telescope" / "run" / "local_cluster.py").read_text()
     assert 'LOOPBACK = "127.0.0.1"' in src
     assert "--node-ip-address={LOOPBACK}" in src
     # It signals its own process groups; `ray stop` would stop every Ray on the machine.

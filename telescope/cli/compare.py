@@ -27,9 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from telescope.studies.compare import RESULT_FILE, format_table, run_compare
+    from telescope.studies.compare.results import RESULT_FILE, format_table
+    from telescope.studies.compare.run import run_compare
 
-    table = run_compare(args.spec, args.out, plot=args.plot, **ray_kwargs(args))
+    table = run_compare(args.spec, args.out, plot=args.plot, **ray_kwargs(args)).to_dict()
     if args.json:
         print(json.dumps(table, indent=2))
     else:

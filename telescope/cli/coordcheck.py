@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        metavar=None if choices else name.upper(), help=f"default {_DEFAULTS[name]}")
     p.add_argument("-o", "--output", help="figure to write (.png, .pdf or .svg)")
     p.add_argument("--json", action="store_true", help="print the data and spreads as one JSON object")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_coordcheck)
 
 
 def _check_output(path: str | None, want_json: bool) -> None:
@@ -55,7 +55,7 @@ def _check_output(path: str | None, want_json: bool) -> None:
         raise ConfigError("output", f"must end in .png, .pdf or .svg; got {path!r}")
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_coordcheck(args: argparse.Namespace) -> int:
     from telescope.train.coordcheck import METRIC_LABELS, METRIC_LAYERS, coord_check, plot  # torch
 
     _check_output(args.output, args.json)

@@ -1,4 +1,4 @@
-"""`telescope report DIR -o OUTDIR`: figures and a markdown report of a sweep (telescope.read.report)."""
+"""`telescope report DIR --out OUTDIR`: figures and a markdown report of a sweep (telescope.read.report)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report", help="figures and report.md: muTransfer curves, grids, optimum drift, loss vs width, compute"
     )
     p.add_argument("dir", metavar="DIR", help="sweep directory (the --out of `telescope run`)")
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
+    # Directories are --out everywhere (run, compare); -o/--output stay as aliases for one release.
+    p.add_argument("--out", "-o", "--output", dest="out", required=True, metavar="OUTDIR",
                    help="directory for report.md and its PNG figures (created if missing)")
     p.add_argument("--axes", metavar="A[,B]",
                    help="the one or two swept axes of the per-level grid figures (default: the first two)")
@@ -23,10 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from telescope.read.report import make_report
+    from telescope.api import Sweep
 
     axes = [a.strip() for a in args.axes.split(",")] if args.axes else None
-    data = make_report(args.dir, args.output, axes=axes, coordcheck=args.coordcheck, compare=args.compare)
+    data = Sweep.open(args.dir).report(args.out, axes=axes, coordcheck=args.coordcheck, compare=args.compare)
     print(f"wrote {data.markdown} with {len(data.figures)} figures", file=sys.stderr)
     for note in data.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from telescope.core.numbers import format_point
 from telescope.errors import ConfigError
 
 _ADDRESS_HELP = (
@@ -55,45 +56,49 @@ def add_ray_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from telescope.spec.plan import format_plan, plan
+    from telescope.spec.preflight import preflight
     from telescope.spec.sweep import load_spec
 
-    p = plan(load_spec(args.spec))
+    spec = load_spec(args.spec)
+    preflight(spec)
+    p = plan(spec)
     print(json.dumps(p.to_dict(), indent=2) if args.json else format_plan(p))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from telescope.spec.sweep import load_spec
+    from telescope.api import Sweep
 
-    load_spec(args.spec)  # a bad spec fails here in a blink, before Ray and torch are imported
-    from telescope.run.controller import run_sweep
-
-    state = run_sweep(args.spec, args.out, **ray_kwargs(args))
-    return _report(state, Path(args.out))
+    sweep = Sweep.create(args.spec, args.out)  # a bad spec fails here, before Ray and torch load
+    return _report(sweep.run(**ray_kwargs(args)), Path(args.out))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from telescope.run.controller import resume_sweep
+    from telescope.api import Sweep
 
-    state = resume_sweep(args.dir, **ray_kwargs(args))
-    return _report(state, Path(args.dir))
+    return _report(Sweep.open(args.dir).resume(**ray_kwargs(args)), Path(args.dir))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from telescope.read.status import format_status, sweep_status
+    from telescope.api import Sweep
+    from telescope.read.status import format_status
 
-    status = sweep_status(args.dir)
+    status = Sweep.open(args.dir).status()
     print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from telescope.read.export import export, render
+    from telescope.api import Sweep
+    from telescope.read.export import render
     from telescope.store.files import atomic_write
 
     if args.width is not None and args.width <= 0:
         raise ConfigError("--width", f"must be a positive width; got {args.width}")
-    text = render(export(args.dir, width=args.width, extrapolate=args.extrapolate), args.format)
+    doc = Sweep.open(args.dir).export(args.width, extrapolate=args.extrapolate)
+    for warning in doc.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    text = render(doc, args.format)
     if args.output:
         atomic_write(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)
@@ -112,7 +117,9 @@ def ray_kwargs(args: argparse.Namespace) -> dict:
 
 def _report(state, out: Path) -> int:
     opt = state.optimum
-    point = ", ".join(f"{k}={v:.4g}" for k, v in opt.point.items())
-    print(f"sweep complete: optimum at width {state.levels[-1].width}: {point} (loss {opt.loss:.4f})")
+    point = format_point(opt.point)
+    final = state.levels[-1]
+    where = "bracketed" if final.bracketed else "NOT bracketed: on an edge of its grid, see `telescope export`"
+    print(f"sweep complete: optimum at width {final.width}: {point} (loss {opt.loss:.4f}, {where})")
     print(f"ledger: {out / 'trials.parquet'}; next: telescope export {out} [--width W]")
     return 0

@@ -55,17 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument(flag, dest=name, type=kind, choices=choices, default=None, metavar=None if choices else name.upper(),
                        help=f"default {default}")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_trial)
 
 
 
 
-def run(args: argparse.Namespace) -> int:
-    from telescope.train.data import (  # torch: imported by the command, not by --help
-        load_corpus,
-        unigram_entropy,
-    )
-    from telescope.train.trial import run_trial
+def cmd_trial(args: argparse.Namespace) -> int:
+    from telescope.core.corpus import load_corpus, unigram_entropy
+    from telescope.train.trial import run_trial  # torch: imported by the command, not by --help
 
     cfg = TrialConfig(**{name: getattr(args, name) for _, name, _, _ in TRIAL_OPTIONS if getattr(args, name) is not None})
     entropy = unigram_entropy(load_corpus(cfg.data, cfg.vocab_size, cfg.val_frac))  # bad data fails fast

@@ -30,7 +30,20 @@ DEVICES = ("auto", "cpu", "cuda")
 # seconds on a CPU. Here, torch-free, so the CLI can show them without importing torch.
 COORDCHECK_DEFAULTS = dict(depth=2, seq_len=64, batch_size=8, lr=0.02, init_std=0.02)
 BUILTIN_CORPUS = "builtin:stdlib"
+BYTE_VOCAB = 256  # byte-level text: the vocabulary when a corpus has no tokenizer
 EXECUTION_FIELDS = frozenset({"num_threads"})  # how a trial runs, not what it computes
+
+
+def check_val_frac(value: object) -> None:
+    """The validation share of a corpus: strictly between 0 and 1."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1):
+        raise ConfigError("val_frac", f"must be between 0 and 1 (exclusive); got {value!r}")
+
+
+def check_vocab_size(value: object) -> None:
+    """None (byte-level text), or a token vocabulary that fits the .bin formats' uint32."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 2 <= value <= 2**32):
+        raise ConfigError("vocab_size", f"must be a whole number in [2, 2^32]; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,9 @@ class TrialConfig:
     # method
     optimizer: Optimizer = "muon"
     parameterization: Parameterization = "mup"
-    hidden_lr_rule: HiddenLrRule = "adam-mup"  # muon only: "adam-mup" lr ~ 1/m, "spectral" ~ 1/sqrt(m)
+    # muon only: "spectral" lr ~ 1/sqrt(m) keeps each hidden update width-independent (the coordinate
+    # check measures it flat); "adam-mup" lr ~ 1/m is the paper's rule, kept to reproduce it.
+    hidden_lr_rule: HiddenLrRule = "spectral"
     # data
     data: str = BUILTIN_CORPUS  # builtin:stdlib, a directory/glob of text files, or a .bin token file
     vocab_size: int | None = None  # required for .bin token files; byte-level (256) otherwise
@@ -97,8 +112,7 @@ class TrialConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 <= v <= 1):
                 raise ConfigError(name, f"must be between 0 and 1; got {v!r}")
-        if not (isinstance(self.val_frac, (int, float)) and 0 < self.val_frac < 1):
-            raise ConfigError("val_frac", f"must be between 0 and 1 (exclusive); got {self.val_frac!r}")
+        check_val_frac(self.val_frac)
         if self.diverge_factor <= 1:
             raise ConfigError("diverge_factor", f"must be > 1; got {self.diverge_factor!r}")
         if self.width % self.head_dim:
@@ -127,10 +141,7 @@ class TrialConfig:
             )
         if self.device not in DEVICES:
             raise ConfigError("device", f"must be one of {', '.join(DEVICES)}; got {self.device!r}")
-        if self.vocab_size is not None and (
-            not isinstance(self.vocab_size, int) or not 2 <= self.vocab_size <= 2**32
-        ):
-            raise ConfigError("vocab_size", f"must be a whole number in [2, 2^32]; got {self.vocab_size!r}")
+        check_vocab_size(self.vocab_size)
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise ConfigError("num_threads", f"must be a positive whole number; got {self.num_threads!r}")
         if not isinstance(self.data, str) or not self.data:

@@ -12,9 +12,17 @@ The rule, for k swept axes and widths N0, 2 N0, ..., Nc:
   level l+1  the width doubles, so each trial costs ~4x. Points per axis shrink by 4^(-1/k)
              (`next_count`), so the trial count falls ~4x and each level costs about the same;
              the spacing halves, matching the O(1/n) drift of the optimum; the grid is centred
-             on level l's optimum.
+             on level l's optimum (`centre = "previous"`, the paper's rule), or, once two levels
+             are finished, on the drift model's prediction x*(n) = x_inf - alpha/n for the new
+             width, at most one new spacing from level l's optimum (`centre = "drift"`). A drift
+             larger than the narrowed grid still lands the optimum on an edge; the grid then grows
+             rings as level 0's does (up to `max_shifts` per level), so every level brackets its
+             optimum where the budget allows, and says whether it did (`LevelResult.bracketed`).
 
-`telescope()` is that loop written as a generator: it yields the points to run and is sent the
+Non-grid (sampler) levels: their observations lie off the grid, so the optimum is the best sample
+(`method = "sample"`), no edge is defined and no ring is added; such a level counts as bracketed.
+
+`telescoping_steps()` is that loop written as a generator: it yields the points to run and is sent the
 losses observed, so the Ray controller and the pure `simulate()` drive one implementation.
 """
 
@@ -28,8 +36,9 @@ from typing import Literal
 
 import numpy as np
 
-from telescope.core.numbers import round_sig
-from telescope.errors import ConfigError
+from telescope.core.drift import drift_centres
+from telescope.core.numbers import format_point, round_sig
+from telescope.errors import ConfigError, NoOptimumError
 
 Scale = Literal["log", "linear"]
 Edge = Literal["low", "high"]
@@ -130,11 +139,8 @@ class AxisGrid:
             u = 0.0  # a point meant to be 0 (e.g. no weight decay), not float dust around it
         return self.axis.from_scale(u)
 
-    def value(self, j: int) -> float:
-        return self.at(j)
-
     def values(self) -> tuple[float, ...]:
-        return tuple(self.value(j) for j in range(self.count))
+        return tuple(self.at(j) for j in range(self.count))
 
     def index(self, x: float) -> int | None:
         if not _real(x) or (self.axis.scale == "log" and x <= 0):
@@ -192,7 +198,7 @@ class LevelGrid:
         return [dict(zip(self.names, combo)) for combo in itertools.product(*(g.values() for g in self.axes))]
 
     def point_at(self, index: Sequence[int]) -> dict[str, float]:
-        return {g.axis.name: g.value(j) for g, j in zip(self.axes, index)}
+        return {g.axis.name: g.at(j) for g, j in zip(self.axes, index)}
 
     def index_of(self, point: Mapping[str, float]) -> tuple[int, ...] | None:
         missing = [n for n in self.names if n not in point]
@@ -203,7 +209,7 @@ class LevelGrid:
 
     def box(self) -> dict[str, tuple[float, float]]:
         """Per axis, the [lowest, highest] point in real space: where a sampler may search."""
-        return {g.axis.name: (g.value(0), g.value(g.count - 1)) for g in self.axes}
+        return {g.axis.name: (g.at(0), g.at(g.count - 1)) for g in self.axes}
 
 
 def base_grid(axes: Sequence[Axis], width: int) -> LevelGrid:
@@ -258,10 +264,12 @@ def _inside(g: AxisGrid) -> AxisGrid:
 
 
 def narrow(
-    prev: LevelGrid, optimum: Mapping[str, float], k: int | None = None, min_points: int = 1
+    prev: LevelGrid, optimum: Mapping[str, float], k: int | None = None, min_points: int = 1,
+    centres: Mapping[str, float] | None = None,
 ) -> LevelGrid:
     """The next level: width doubled, `next_count` points per axis, spacing halved, centred on
-    the previous optimum in scale space.
+    the previous optimum in scale space (or on `centres[axis]`, a scale-space centre chosen by
+    the caller, e.g. `drift_centres`).
 
     The new grid may leave the axis's declared [low, high]: that range describes the base grid
     only, and the optimum may already sit beyond it after widening. It never leaves the axis's
@@ -271,7 +279,7 @@ def narrow(
     grids = []
     for g in prev.axes:
         n = next_count(g.count - g.rings, k, min_points)
-        centre = g.axis.to_scale(optimum[g.axis.name])
+        centre = (centres or {}).get(g.axis.name, g.axis.to_scale(optimum[g.axis.name]))
         grids.append(_inside(AxisGrid(g.axis, centre, g.spacing / 2, -(n - 1) / 2, n)))
     return LevelGrid(prev.level + 1, prev.width * 2, tuple(grids))
 
@@ -377,11 +385,7 @@ def find_optimum(grid: LevelGrid, observations: Iterable[Observation]) -> Optimu
 def _best(grid: LevelGrid, means: dict[tuple, tuple[float, int]]) -> tuple[tuple, tuple[float, int]]:
     best = min(means.items(), key=lambda kv: (kv[1][0], kv[0]))  # ties: first in points() order
     if not math.isfinite(best[1][0]):
-        raise ConfigError(
-            "axes",
-            f"every trial at level {grid.level} (width {grid.width}) diverged or failed, so there is no "
-            "optimum to follow: check the trials' errors, or move the ranges (e.g. lower axes.lr.high)",
-        )
+        raise NoOptimumError(grid.level, grid.width)
     return best
 
 
@@ -443,15 +447,15 @@ def describe_widening(old: LevelGrid, new: LevelGrid, optimum: Optimum) -> str:
         head = f"{name} optimum {optimum.grid_point[name]:.3g} on the {edge} edge of {where}"
         head += f" (width {old.width})"
         if g_new.count > g_old.count:
-            added = g_new.value(0) if edge == "low" else g_new.value(g_new.count - 1)
-            parts.append(f"{head}: widening to {added:.3g}")
+            added = g_new.at(0) if edge == "low" else g_new.at(g_new.count - 1)
+            parts.append(f"{head}: {'widening' if old.level == 0 else 'adding a ring'} to {added:.3g}")
         else:
             bound = g_old.axis.bounds[0 if edge == "low" else 1]
             parts.append(f"{head}: kept, {bound:g} is the end of {name}'s valid range")
     return "; ".join(parts)
 
 
-def levels(base_width: int, calibration_width: int) -> list[int]:
+def level_widths(base_width: int, calibration_width: int) -> list[int]:
     """The widths of the levels: base_width doubling up to calibration_width."""
     for name, w in (("base_width", base_width), ("calibration_width", calibration_width)):
         if not isinstance(w, int) or isinstance(w, bool) or w < 1:
@@ -493,6 +497,18 @@ class LevelResult:
     optimum: Optimum
     notes: tuple[str, ...]
 
+    @property
+    def unbracketed(self) -> dict[str, Edge]:
+        """Axis -> the edge its optimum still sits on, for edges that could have grown."""
+        return _unbracketed(self.grid, self.optimum)
+
+    @property
+    def bracketed(self) -> bool:
+        """The optimum is interior on every axis that could grow: a true local optimum of the
+        level's grid, not the end of where it looked. A sampler level (best sample) counts as
+        bracketed: it has no edges to grow."""
+        return not self.unbracketed
+
 
 @dataclass(frozen=True)
 class TelescopeResult:
@@ -508,16 +524,24 @@ class TelescopeResult:
         return tuple(note for level in self.levels for note in level.notes)
 
 
-def _fmt(point: Mapping[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in point.items())
+
+Centre = Literal["drift", "previous"]
+CENTRES = ("drift", "previous")
 
 
-def telescope(
-    axes: Sequence[Axis], widths: Sequence[int], *, min_points: int = 1, max_widenings: int = 2
+def telescoping_steps(
+    axes: Sequence[Axis], widths: Sequence[int], *, min_points: int = 1, max_widenings: int = 2,
+    max_shifts: int = 2, centre: Centre = "drift",
 ) -> Generator[Step, Sequence[Observation], TelescopeResult]:
     """Algorithm 1 as a coroutine. Drive it with `step = next(gen)`, then repeatedly
     `step = gen.send(observations_of_step)`; the StopIteration carries the TelescopeResult.
-    Widening happens at level 0 only; an edge optimum at a later level is logged."""
+
+    An optimum on an edge that can grow adds a ring on that side: up to `max_widenings` rings at
+    level 0, `max_shifts` at every later level. Each ring is one more Step of the same level
+    whose points are only the new ones. `centre = "previous"` with `max_shifts = 0` is the
+    paper's rule exactly."""
+    if centre not in CENTRES:
+        raise ConfigError("centre", f'must be "drift" or "previous"; got {centre!r}')
     for a, b in zip(widths, widths[1:]):
         if b != 2 * a:
             raise ValueError(f"widths must double level to level; got {list(widths)}")
@@ -526,41 +550,68 @@ def telescope(
     for level in range(len(widths)):
         if level == 0:
             ranges = ", ".join(
-                f"{g.axis.name} {g.value(0):.3g}..{g.value(g.count - 1):.3g}" for g in grid.axes
+                f"{g.axis.name} {g.at(0):.3g}..{g.at(g.count - 1):.3g}" for g in grid.axes
             )
             note = f"level 0: {grid.shape} base grid at width {grid.width} over {ranges}"
         else:
-            grid = narrow(grid, results[-1].optimum.point, len(axes), min_points)
-            note = (
-                f"level {level}: {grid.shape} grid at width {grid.width}, spacing halved, "
-                f"centred on {_fmt(results[-1].optimum.point)}"
-            )
+            previous = results[-1].optimum.point
+            drifted = {}
+            if centre == "drift":
+                spacings = {g.axis.name: g.spacing / 2 for g in grid.axes}
+                drifted = drift_centres(axes, results, grid.width * 2, spacings)
+            grid = narrow(grid, previous, len(axes), min_points, {n: d.centre for n, d in drifted.items()})
+            note = f"level {level}: {grid.shape} grid at width {grid.width}, spacing halved, centred on "
+            if drifted:
+                moved = {n: grid.axis(n).axis.from_scale(d.centre) for n, d in drifted.items()}
+                clamped = [n for n, d in drifted.items() if d.clamped]
+                note += (f"{format_point(moved)}, where the drift x*(n) = x_inf - alpha/n heads "
+                         f"(previous optimum {format_point(previous)}"
+                         + (f"; {', '.join(clamped)} held to one spacing from it" if clamped else "") + ")")
+            else:
+                note += format_point(previous)
         notes = [note]
         observations = list((yield Step(level, grid.width, grid, tuple(grid.points()), note, tuple(results))))
         optimum = find_optimum(grid, observations)
-        widenings = 0
-        while level == 0 and widenings < max_widenings and any(optimum.on_edge.values()):
+        rings, max_rings = 0, max_widenings if level == 0 else max_shifts
+        while rings < max_rings and _unbracketed(grid, optimum):
             wider = widen(grid, optimum.on_edge)
-            notes.append(describe_widening(grid, wider, optimum))
             new = added_points(grid, wider)
             if not new:
                 break
+            notes.append(describe_widening(grid, wider, optimum))
             observations += (yield Step(level, grid.width, wider, tuple(new), notes[-1], tuple(results)))
-            grid, widenings = wider, widenings + 1
+            grid, rings = wider, rings + 1
             optimum = find_optimum(grid, observations)
-        for g in grid.axes:
-            edge = optimum.on_edge[g.axis.name]
-            if edge and _can_grow(g, edge):
-                name = g.axis.name
-                notes.append(
-                    f"level {level}: {name} optimum {optimum.grid_point[name]:.3g} is still on the {edge} "
-                    f"edge of the grid: the true optimum may lie beyond it; extend axes.{name}.{edge}"
-                )
+        for name, edge in _unbracketed(grid, optimum).items():
+            notes.append(
+                f"level {level}: {name} optimum {optimum.grid_point[name]:.3g} is still on the {edge} edge "
+                f"of the grid after {rings} ring{'s' if rings != 1 else ''}: not bracketed, the true optimum "
+                f"may lie beyond it; {bracket_fix(level, name, edge, max_rings, centre)}"
+            )
         notes.append(
-            f"level {level}: optimum {_fmt(optimum.point)} (loss {optimum.loss:.4g}, {optimum.method})"
+            f"level {level}: optimum {format_point(optimum.point)} (loss {optimum.loss:.4g}, {optimum.method})"
         )
         results.append(LevelResult(level, grid.width, grid, tuple(observations), optimum, tuple(notes)))
     return TelescopeResult(tuple(results))
+
+
+def _unbracketed(grid: LevelGrid, optimum: Optimum) -> dict[str, Edge]:
+    """The axes whose optimum sits on an edge that could grow (an edge at the axis's valid bound
+    cannot, and an optimum there is as good as the range allows)."""
+    return {
+        g.axis.name: edge
+        for g in grid.axes
+        if (edge := optimum.on_edge.get(g.axis.name)) is not None and _can_grow(g, edge)
+    }
+
+
+def bracket_fix(level: int, name: str, edge: Edge, max_rings: int, centre: Centre) -> str:
+    """What does bracket the optimum: more rings, and at level 0 a wider base range. Extending the
+    base range cannot help a later level, whose grid follows the optimum, not [low, high]."""
+    if level == 0:
+        return f"run the sweep again with axes.{name}.{edge} further out or a larger max_widenings (now {max_rings})"
+    fix = f"run the sweep again with a larger max_shifts (now {max_rings})"
+    return fix + (' or centre = "drift"' if centre == "previous" else "")
 
 
 def simulate(
@@ -571,10 +622,13 @@ def simulate(
     *,
     min_points: int = 1,
     max_widenings: int = 2,
+    max_shifts: int = 2,
+    centre: Centre = "drift",
 ) -> TelescopeResult:
     """Run the rule against a Python loss function loss_fn(point, width, seed), no Ray."""
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    gen = telescope(axes, widths, min_points=min_points, max_widenings=max_widenings)
+    gen = telescoping_steps(axes, widths, min_points=min_points, max_widenings=max_widenings,
+                            max_shifts=max_shifts, centre=centre)
     step = next(gen)
     while True:
         observations = [

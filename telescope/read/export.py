@@ -5,6 +5,10 @@ is complete), with their provenance. At the width W the user will train, muP tur
 concrete per-parameter-group values (telescope.core.scaling). `extrapolate` fits the drift
 x*(n) = x_inf - alpha/n over the levels' optima (telescope.core.fits) and predicts x*(W) with its
 uncertainty, for when W is far beyond the calibration width.
+
+An optimum still on an edge of its level's grid (`bracketed: false`) is the end of where the
+sweep looked, not an optimum: the document then carries a `warnings` list that says so and
+names the setting that would bracket it, and the CLI prints each warning on stderr.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import yaml
 
 from telescope.state import sweep_state
 from telescope.errors import ConfigError
-from telescope.core.fits import DriftFit, InsufficientDataError, fit_drift
+from telescope.core.drift import drift_fits
 from telescope.core.scaling import scaling_for
 from telescope.spec.sweep import SweepSpec
-from telescope.core.rule import LevelResult
+from telescope.core.rule import LevelResult, bracket_fix
 
 FORMATS = ("json", "yaml", "toml")
 
@@ -49,6 +53,9 @@ def export(out: str | Path, width: int | None = None, extrapolate: bool = False)
         "at_width": _groups(spec, width, base),
         "levels": [_provenance(level) | {"optimum": dict(level.optimum.point)} for level in state.levels],
     }
+    warnings = _bracket_warnings(spec, final)
+    if warnings:
+        doc["warnings"] = warnings
     if not state.complete:
         doc["warning"] = (
             f"unfinished sweep: {len(state.levels)} of {spec.n_levels} levels done; "
@@ -69,6 +76,17 @@ def render(doc: dict[str, Any], fmt: str) -> str:
     return tomli_w.dumps(_drop_none(doc))
 
 
+def _bracket_warnings(spec: SweepSpec, level: LevelResult) -> list[str]:
+    """One line per axis whose exported optimum sits on a grid edge that could have grown."""
+    max_rings = spec.max_widenings if level.level == 0 else spec.max_shifts
+    return [
+        f"{name} = {level.optimum.point[name]:.4g} is not bracketed: it is on the {edge} edge of the level-"
+        f"{level.level} grid (width {level.width}), so the optimum may lie beyond it; "
+        + bracket_fix(level.level, name, edge, max_rings, spec.centre)
+        for name, edge in level.unbracketed.items()
+    ]
+
+
 def _provenance(level: LevelResult) -> dict[str, Any]:
     opt = level.optimum
     return {
@@ -78,6 +96,7 @@ def _provenance(level: LevelResult) -> dict[str, Any]:
         "method": opt.method,  # quadratic / parabola / grid / sample: how the point was refined
         "n_seeds": opt.n_seeds,
         "grid": level.grid.shape,
+        "bracketed": level.bracketed,  # interior on every axis that could grow
     }
 
 
@@ -106,31 +125,10 @@ def _groups(spec: SweepSpec, width: int, base: dict[str, float]) -> dict[str, An
     }
 
 
-def optimum_sigma(level: LevelResult, name: str) -> float:
-    """An optimum's uncertainty in scale space: half its level's grid spacing. The grid cannot
-    place the optimum more finely than that, and it keeps a two-level fit from claiming to be exact."""
-    return level.grid.spacing(name) / 2
-
-
-def drift_fits(spec: SweepSpec, levels: list[LevelResult]) -> dict[str, DriftFit | str]:
-    """x*(n) = x_inf - alpha/n per axis over the levels' optima, in each axis's scale space;
-    a message instead of a fit where the levels are too few."""
-    fits: dict[str, DriftFit | str] = {}
-    for axis in spec.axes:
-        try:
-            fits[axis.name] = fit_drift(
-                [lvl.width for lvl in levels], [float(lvl.optimum.point[axis.name]) for lvl in levels],
-                scale=axis.scale, sigma=[optimum_sigma(lvl, axis.name) for lvl in levels],
-            )
-        except InsufficientDataError as err:
-            fits[axis.name] = err.message
-    return fits
-
-
 def _extrapolate(spec: SweepSpec, levels: list[LevelResult], width: int) -> dict[str, Any]:
     result: dict[str, Any] = {"model": "x*(n) = x_inf - alpha/n, fitted in each axis's scale (log: ln x)"}
     values: dict[str, float] = {}
-    for name, fit in drift_fits(spec, levels).items():
+    for name, fit in drift_fits(spec.axes, levels).items():
         if isinstance(fit, str):
             result[name] = {"error": fit}
             continue

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from telescope.core.numbers import format_point
 from telescope.state import sweep_state
 from telescope.store.lock import lock_holder
 from telescope.spec.plan import plan
@@ -33,16 +34,18 @@ def sweep_status(out: str | Path) -> dict[str, Any]:
             "failed": int(counts.get("failed", 0)),
             "best_loss": best if math.isfinite(best) else None,
             "flops": float(rows["flops"].sum()) if len(rows) else 0.0,
+            "bracketed": None,  # known once the level is done
         }
         if lp.level < len(state.levels):
             done = state.levels[lp.level]
-            entry |= {"state": "done", "grid": done.grid.shape, "optimum": dict(done.optimum.point),
-                      "optimum_loss": done.optimum.loss, "notes": list(done.notes)}
+            entry |= {"state": "done", "grid": done.grid.shape, "rings": done.grid.widened,
+                      "optimum": dict(done.optimum.point), "optimum_loss": done.optimum.loss,
+                      "bracketed": done.bracketed, "on_edge": done.unbracketed, "notes": list(done.notes)}
         elif state.pending is not None and state.pending.level == lp.level:
             p = state.pending
             entry |= {"state": "running" if lock_holder(out) else "waiting", "grid": p.step.grid.shape,
                       "trials": p.budget_points * len(spec.seeds)
-                      if p.sampler != "grid" else len(p.recorded) + len(p.missing)}
+                      if not spec.sampler(p.level).fixed_points else len(p.recorded) + len(p.missing)}
         else:
             entry["state"] = "not started"
         levels.append(entry)
@@ -74,11 +77,14 @@ def format_status(status: dict[str, Any]) -> str:
             f"{lv['failed']} failed)  best {best}"
         )
         if "optimum" in lv:
-            point = ", ".join(f"{k}={v:.4g}" for k, v in lv["optimum"].items())
-            lines.append(f"           optimum {point} (loss {lv['optimum_loss']:.4f})")
+            point = format_point(lv["optimum"])
+            rings = f", {lv['rings']} ring{'s' if lv['rings'] != 1 else ''}" if lv["rings"] else ""
+            where = "bracketed" if lv["bracketed"] else "NOT bracketed: " + ", ".join(
+                f"{name} on the {edge} edge" for name, edge in lv["on_edge"].items())
+            lines.append(f"           optimum {point} (loss {lv['optimum_loss']:.4f}{rings}; {where})")
     lines.append(f"  {status['trials_recorded']} trials, {status['flops_spent']:.3g} FLOPs, "
                  f"{status['wall_time_s']:.0f} s of trial time")
     if status["optimum"]:
-        point = ", ".join(f"{k}={v:.4g}" for k, v in status["optimum"].items())
+        point = format_point(status["optimum"])
         lines.append(f"  current optimum (width {status['optimum_width']}): {point}")
     return "\n".join(lines)

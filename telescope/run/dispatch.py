@@ -11,6 +11,13 @@ argument. Failures never escape as exceptions; each job ends in exactly one `Out
 Time limits count from the moment the task starts running, not from submission: each attempt
 reports its start to a small actor (`_StartLog`) that lives beside the driver, and the driver
 polls that actor while any limited job is in flight. A retried attempt starts its clock afresh.
+
+While a dispatcher is open, SIGTERM raises `telescope.errors.Terminated` in the driver, which
+unwinds like Ctrl-C: running jobs are cancelled and Ray is stopped (see `Dispatcher`).
+
+Errors: a caller breaking this module's contract (a bad `Job`, a generator yielding something
+else, a bad argument) gets ValueError / TypeError; what a user can cause and fix (an address
+that does not answer, resources no node has) is a ConfigError.
 """
 
 from __future__ import annotations
@@ -20,13 +27,17 @@ import functools
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Literal, Self
 
 import ray
+from ray._private import ray_constants
 from ray.exceptions import (
     NodeDiedError,
     ObjectLostError,
@@ -37,7 +48,7 @@ from ray.exceptions import (
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from telescope.errors import ConfigError
+from telescope.errors import ConfigError, Terminated
 from telescope.spec.resources import UNITS, Resources
 
 __all__ = ["Dispatcher", "Failure", "Job", "Outcome", "Resources"]
@@ -48,6 +59,17 @@ _MESSAGE_CHARS = 500
 _CAPACITY_TTL_S = 5.0  # nodes come and go; re-read the cluster this often while a run is going
 _START_LOG_TIMEOUT_S = 10.0
 _LOST = (WorkerCrashedError, NodeDiedError, OutOfMemoryError, ObjectLostError)
+_LOOPBACK = "127.0.0.1"
+
+SignalHandler = Callable[[int, Any], Any] | int | None  # what signal.getsignal returns
+
+
+def _whole_number(name: str, value: object, minimum: int) -> None:
+    """A programmer's argument: TypeError unless an int (not a bool), ValueError below `minimum`."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name}: must be a whole number >= {minimum}; got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be a whole number >= {minimum}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -61,19 +83,23 @@ class Job:
     time_limit_s: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.key, str) or not self.key:
-            raise ConfigError("job.key", f"must be a non-empty string; got {self.key!r}")
+        # Jobs are built by code (the controller, a study), never from user input, which the spec
+        # checks first: a bad field here is a bug, reported as one.
+        if not isinstance(self.key, str):
+            raise TypeError(f"job.key: must be a non-empty string; got {self.key!r}")
+        if not self.key:
+            raise ValueError(f"job.key: must be a non-empty string; got {self.key!r}")
         if not callable(self.fn):
-            raise ConfigError("job.fn", f"must be callable; got {self.fn!r}")
+            raise TypeError(f"job.fn: must be callable; got {self.fn!r}")
         if not isinstance(self.resources, Resources):
-            raise ConfigError("job.resources", f"must be a Resources; got {self.resources!r}")
+            raise TypeError(f"job.resources: must be a Resources; got {self.resources!r}")
         limit = self.time_limit_s
-        if limit is not None and (
-            not isinstance(limit, (int, float)) or isinstance(limit, bool) or not 0 < limit < math.inf
-        ):
-            raise ConfigError(
-                "job.time_limit_s", f"must be a positive number of seconds or None; got {limit!r}"
-            )
+        if limit is None:
+            return
+        if not isinstance(limit, (int, float)) or isinstance(limit, bool):
+            raise TypeError(f"job.time_limit_s: must be a positive number of seconds or None; got {limit!r}")
+        if not 0 < limit < math.inf:
+            raise ValueError(f"job.time_limit_s: must be a positive number of seconds or None; got {limit!r}")
 
 
 @dataclass
@@ -214,6 +240,49 @@ def _use_token_auth_for_remote() -> None:
 
 
 @contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Make the private local Ray listen on 127.0.0.1 only.
+
+    Ray's servers (GCS, raylet, object manager, core workers, agents) bind to loopback only when
+    the node's IP is exactly 127.0.0.1, and every interface otherwise; but ray.init rewrites a
+    loopback `_node_ip_address` to the machine's outward IP, unless Ray thinks it runs where
+    clusters are off (its Windows/macOS switch, which answers loopback for the node's IP). The
+    switch is read at call time, so it is flipped for ray.init only; the processes started
+    then get 127.0.0.1 on their command lines and keep it.
+    """
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def _signal_exception(err: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or Terminated behind `err`, if a signal is what raised it.
+
+    A signal's exception is raised inside a Ray call (ray.wait checks for signals while it
+    blocks). When the same signal also stopped Ray's own processes (SIGTERM to the whole process
+    group, as a batch scheduler sends it), that call then fails too, and Ray reports a
+    SystemError ("returned a result with an exception set") whose direct cause is the signal's
+    exception. Only direct causes are followed: an error raised while handling a Ctrl-C is a
+    bug of its own, not the Ctrl-C.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = err
+    while link is not None and id(link) not in seen:
+        if isinstance(link, (KeyboardInterrupt, Terminated)):
+            return link
+        seen.add(id(link))
+        link = link.__cause__
+    return None
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
 def _quiet_auth_warning() -> Iterator[None]:
     # A private local cluster with a fresh token is the normal case here, not news.
     auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
@@ -236,6 +305,16 @@ class Dispatcher:
     Workers must be able to import each job's function: locally they run this interpreter (the
     project's venv) in this working directory; on a cluster install the package there or pass
     `runtime_env` (e.g. {"py_modules": [telescope]}).
+
+    The private local Ray listens on 127.0.0.1 only: nothing on the network can reach it.
+
+    SIGTERM: `ray.init` replaces the process's SIGTERM handler with Ray's (which exits at once,
+    leaving the trials' processes behind, after a C++ stack dump). So while the dispatcher is
+    open (from its construction, on the main thread, to `shutdown()`), SIGTERM raises
+    `telescope.errors.Terminated` instead, which unwinds like Ctrl-C: `run()` cancels every
+    running job and `shutdown()` stops Ray, then puts back the handler that was there before the
+    dispatcher (an ignored SIGTERM stays ignored). A SIGTERM during `ray.init` itself still meets
+    Ray's handler.
     """
 
     def __init__(
@@ -249,32 +328,64 @@ class Dispatcher:
         log_to_driver: bool = False,
         poll_interval_s: float = 0.25,
     ) -> None:
-        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
-            raise ConfigError("max_retries", f"must be a whole number >= 0; got {max_retries!r}")
-        if not (isinstance(poll_interval_s, (int, float)) and 0 < poll_interval_s <= 10):
-            raise ConfigError("poll_interval_s", f"must be in (0, 10] seconds; got {poll_interval_s!r}")
+        # The spec and the CLI check what a user gives; these come from code, so a bad one is a bug.
+        _whole_number("max_retries", max_retries, 0)
+        if not isinstance(poll_interval_s, (int, float)) or isinstance(poll_interval_s, bool):
+            raise TypeError(f"poll_interval_s: must be a number of seconds in (0, 10]; got {poll_interval_s!r}")
+        if not 0 < poll_interval_s <= 10:
+            raise ValueError(f"poll_interval_s: must be a number of seconds in (0, 10]; got {poll_interval_s!r}")
+        # These size the cluster a user asked for (`--num-cpus`, a notebook's num_cpus=...).
         for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ConfigError(name, f"must be a whole number >= 0; got {value!r}")
         self.max_retries = max_retries
         self.poll_interval_s = float(poll_interval_s)
-        self._owns_ray = not ray.is_initialized()
-        if self._owns_ray:
-            self._connect(address, num_cpus, num_gpus, runtime_env, log_to_driver)
-        # Pinned to the driver's own node (hard affinity: it needs no resources, so it always
-        # fits). Ray does not honour soft affinity for actors reliably: it was seen to place this
-        # one on a worker node, whose loss (a spot GPU node) would then take every start time with
-        # it, and the time limits would fall back to counting from submission.
-        self._start_log = _StartLog.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(
-                node_id=ray.get_runtime_context().get_node_id(), soft=False
-            )
-        ).remote()
-        # Wait until it is up: a task's start message sent to an actor still being created
-        # is lost if that task's worker dies first, and the attempt goes uncounted.
-        ray.get(self._start_log.ages.remote([], []))
+        self._start_log: Any = None
         self._serial = 0
         self._capacity_cache: dict[Resources, tuple[float, int]] = {}  # resources -> (when, fits)
+        self._owns_ray = not ray.is_initialized()
+        # Taken before ray.init, which replaces it with Ray's own handler.
+        self._sigterm_before: SignalHandler = signal.getsignal(signal.SIGTERM) if _on_main_thread() else None
+        self._sigterm_restored = False
+        try:
+            if self._owns_ray:
+                self._connect(address, num_cpus, num_gpus, runtime_env, log_to_driver)
+            self._handle_sigterm()
+            # Pinned to the driver's own node (hard affinity: it needs no resources, so it always
+            # fits). Ray does not honour soft affinity for actors reliably: it was seen to place
+            # this one on a worker node, whose loss (a spot GPU node) would then take every start
+            # time with it, and the time limits would fall back to counting from submission.
+            self._start_log = _StartLog.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    node_id=ray.get_runtime_context().get_node_id(), soft=False
+                )
+            ).remote()
+            # Wait until it is up: a task's start message sent to an actor still being created
+            # is lost if that task's worker dies first, and the attempt goes uncounted.
+            ray.get(self._start_log.ages.remote([], []))
+        except BaseException as err:
+            self.shutdown()  # no caller holds this dispatcher yet: stop the Ray it started
+            signalled = _signal_exception(err)
+            if signalled is not None and signalled is not err:
+                raise signalled from None
+            raise
+
+    def _handle_sigterm(self) -> None:
+        """SIGTERM -> Terminated from here to shutdown(), replacing whatever ray.init put there."""
+        if not _on_main_thread():
+            return  # only the main thread may set handlers, and only it would receive the exception
+        if self._sigterm_before == signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # whoever started us chose to ignore it
+        else:
+            signal.signal(signal.SIGTERM, Terminated.handler)
+
+    def _restore_sigterm(self) -> None:
+        if self._sigterm_restored or not _on_main_thread():
+            return
+        self._sigterm_restored = True
+        # A handler set outside Python (by C code) reads as None and cannot be put back as such.
+        previous = self._sigterm_before if self._sigterm_before is not None else signal.SIG_DFL
+        signal.signal(signal.SIGTERM, previous)
 
     @staticmethod
     def _connect(
@@ -284,15 +395,22 @@ class Dispatcher:
         runtime_env: dict[str, Any] | None,
         log_to_driver: bool,
     ) -> None:
-        common = dict(
-            runtime_env=runtime_env,
-            log_to_driver=log_to_driver,  # workers' prints stay in Ray's session logs
-            logging_level=logging.WARNING,
-            include_dashboard=False,
-        )
+        common = {
+            "runtime_env": runtime_env,
+            "log_to_driver": log_to_driver,  # workers' prints stay in Ray's session logs
+            "logging_level": logging.WARNING,
+            "include_dashboard": False,
+        }
         if address is None:
-            with _quiet_auth_warning():
-                ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **common)
+            with _quiet_auth_warning(), _loopback_node():
+                ray.init(
+                    address="local",
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus,
+                    _node_ip_address=_LOOPBACK,
+                    dashboard_host=_LOOPBACK,  # should the dashboard ever be turned on
+                    **common,
+                )
             return
         if num_cpus is not None or num_gpus is not None:
             raise ConfigError(
@@ -309,20 +427,25 @@ class Dispatcher:
                 "RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token, and leave RAY_AUTH_MODE unset or 'token'",
             ) from err
 
-    def __enter__(self) -> "Dispatcher":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
     def shutdown(self) -> None:
-        """Drop the bookkeeping actor; stop Ray only if this dispatcher started the connection."""
-        if not ray.is_initialized():
-            return
-        with contextlib.suppress(RayError):
-            ray.kill(self._start_log)
-        if self._owns_ray:
-            ray.shutdown()
+        """Drop the bookkeeping actor; stop Ray only if this dispatcher started the connection;
+        put back the SIGTERM handler that was there before the dispatcher."""
+        try:
+            if not ray.is_initialized():
+                return
+            if self._start_log is not None:
+                with contextlib.suppress(RayError):
+                    ray.kill(self._start_log)
+            if self._owns_ray:
+                ray.shutdown()
+        finally:
+            self._restore_sigterm()  # last: a SIGTERM while Ray stops must still not kill us
 
     def capacity(self, resources: Resources) -> int:
         """How many jobs asking for `resources` fit on the cluster's live nodes at once.
@@ -376,10 +499,8 @@ class Dispatcher:
         On any exception, KeyboardInterrupt included (from a signal, `jobs` or `on_outcome`),
         every job still running is force-cancelled before the exception propagates.
         """
-        if max_in_flight is not None and (
-            not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1
-        ):
-            raise ConfigError("max_in_flight", f"must be a whole number >= 1; got {max_in_flight!r}")
+        if max_in_flight is not None:
+            _whole_number("max_in_flight", max_in_flight, 1)
         source = iter(jobs)
         running: dict[ray.ObjectRef, _Running] = {}
         finished: list[int] = []  # serials the start log may forget
@@ -397,10 +518,9 @@ class Dispatcher:
                             break
                         if next_job is None:
                             if not running:
-                                raise ConfigError(
-                                    "jobs",
-                                    "yielded None (wait for an outcome) while nothing runs: "
-                                    "it would wait forever",
+                                raise ValueError(
+                                    "jobs: yielded None (wait for an outcome) while nothing runs: "
+                                    "it would wait forever"
                                 )
                             waiting = True
                             break
@@ -431,10 +551,13 @@ class Dispatcher:
                     for outcome in self._enforce_limits(running, finished):
                         on_outcome(outcome)
                         waiting = False
-        except BaseException:
+        except BaseException as err:
             for ref in running:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
+            signalled = _signal_exception(err)
+            if signalled is not None and signalled is not err:
+                raise signalled from None  # what the user did, not how Ray's call then failed
             raise
         finally:
             if finished:
@@ -443,10 +566,10 @@ class Dispatcher:
 
     def _check_new(self, job: Any, running: dict[ray.ObjectRef, _Running]) -> None:
         if not isinstance(job, Job):
-            raise ConfigError("jobs", f"must yield Job (or None to wait); got {type(job).__name__}")
+            raise TypeError(f"jobs: must yield Job (or None to wait); got {type(job).__name__}")
         if any(r.job.key == job.key for r in running.values()):
-            raise ConfigError(
-                "job.key", f"{job.key!r} is already running; keys must be unique among running jobs"
+            raise ValueError(
+                f"job.key: {job.key!r} is already running; keys must be unique among running jobs"
             )
         if self._room(job.resources, None) == 0:
             raise self._unfit(job.resources)

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from telescope.core.numbers import format_point
+
 
 @dataclass
 class LevelTally:
@@ -27,7 +29,7 @@ class LevelTally:
 
     def line(self) -> str:
         best = "-" if not math.isfinite(self.best_loss) else f"{self.best_loss:.4f}"
-        at = ", ".join(f"{k}={v:.3g}" for k, v in self.best_point.items())
+        at = format_point(self.best_point, digits=3)
         return (
             f"level {self.level} width {self.width:>5}: {self.done:>3}/{self.total} done, "
             f"{self.running} running, {self.failed} failed, {self.diverged} diverged, best {best}"
@@ -76,6 +78,12 @@ class Progress:
     def note(self, text: str) -> None:
         self._end_live_line()
         self._write(text + "\n")
+
+    def warn(self, text: str) -> None:
+        """A line the user must see even with --quiet (e.g. a damaged file set aside)."""
+        self._end_live_line()
+        self.stream.write(text + "\n")
+        self.stream.flush()
 
     def end_level(self, summary: str) -> None:
         self._draw(force=True)

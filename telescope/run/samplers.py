@@ -1,10 +1,12 @@
-"""Optuna inside one level: `sampler = "tpe"` (or gp, random, cmaes, qmc) spends the level's budget
-of points inside the level's narrowed box instead of on its grid.
+"""An Optuna study over one level's box, kept in the sweep directory.
 
-The study lives in the sweep directory (an Optuna journal file, append-only like the ledger), so a
-resumed sweep continues it. The ledger stays the source of truth: a result it holds that the study
-never heard of (the controller died between the two writes) is told on resume, and a point the
-study asked for whose trials never finished is run again.
+The study lives in an Optuna journal file (append-only like the ledger), so a resumed sweep
+continues it. The ledger stays the source of truth (telescope.run.levels decides what to run);
+this module only builds the samplers as telescope.spec.samplers describes them and wraps ask/tell.
+
+A resumed study must not replay its first run's random stream: a sampler rebuilt with the same
+seed proposes the same start-up points again. The sampler's seed therefore also covers how many
+trials the study already holds.
 """
 
 from __future__ import annotations
@@ -13,35 +15,36 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from telescope.errors import ConfigError
+from telescope.spec.samplers import SamplerInfo
 
 JOURNAL_FILE = "optuna.journal"
 
+# Optuna sampler classes by telescope sampler name; the start-up size comes from SamplerInfo.
+_FACTORIES = {
+    "tpe": lambda seed, startup: optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup),
+    "gp": lambda seed, startup: optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup),
+    "random": lambda seed, startup: optuna.samplers.RandomSampler(seed=seed),
+    "cmaes": lambda seed, startup: optuna.samplers.CmaEsSampler(seed=seed),
+    "qmc": lambda seed, startup: optuna.samplers.QMCSampler(seed=seed, warn_asynchronous_seeding=False),
+}
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, warn_asynchronous_seeding=False)
-    raise ConfigError("sampler", f"unknown Optuna sampler {name!r}; use tpe, gp, random, cmaes or qmc")
+
+def make_sampler(info: SamplerInfo, budget: int, seed: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler for `info`, its start-up sized to the level's budget."""
+    return _FACTORIES[info.name](seed, info.startup_trials(budget))
 
 
 class LevelStudy:
     """Ask/tell over one level's box. Points are dicts axis -> value in real space."""
 
-    def __init__(self, sweep_dir: str | Path, level: int, sampler: str,
+    def __init__(self, sweep_dir: str | Path, level: int, sampler: SamplerInfo, budget: int,
                  box: Mapping[str, tuple[float, float]], log_axes: Sequence[str], seed: int = 0):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = JournalStorage(JournalFileBackend(str(Path(sweep_dir) / JOURNAL_FILE)))
@@ -49,9 +52,11 @@ class LevelStudy:
             name: FloatDistribution(lo, hi, log=name in log_axes) for name, (lo, hi) in box.items()
         }
         self.study = optuna.create_study(
-            storage=storage, study_name=f"level-{level}", sampler=make_sampler(sampler, seed + level),
-            direction="minimize", load_if_exists=True,
+            storage=storage, study_name=f"level-{level}", direction="minimize", load_if_exists=True,
         )
+        held = len(self.study.get_trials(deepcopy=False))
+        stream = int(np.random.SeedSequence([seed, level, held]).generate_state(1)[0])
+        self.study.sampler = make_sampler(sampler, budget, stream)
 
     def asked(self) -> dict[int, dict[str, float]]:
         """Every point the study has asked for, by Optuna trial number."""
@@ -67,11 +72,20 @@ class LevelStudy:
         trial = self.study.ask(self.distributions)
         return trial.number, dict(trial.params)
 
-    def tell(self, number: int, loss: float) -> None:
-        """Record a point's mean loss; a non-finite loss (diverged/failed) is a failed trial."""
-        trial = self.study.get_trials(deepcopy=False)[number]
-        if trial.state != TrialState.RUNNING:
-            return  # already told (a resumed sweep re-tells nothing twice)
+    def abandon(self, number: int) -> None:
+        """Close an ask that never got its point (the controller died inside `ask`) as failed."""
+        if self.study.get_trials(deepcopy=False)[number].state == TrialState.RUNNING:
+            self.study.tell(number, state=TrialState.FAIL)
+
+    def tell(self, number: int, point: Mapping[str, float], loss: float) -> None:
+        """Record `point`'s mean loss under trial `number`; a non-finite loss (diverged/failed) is a
+        failed trial. Nothing happens if the study's trial `number` is another point (a study
+        rebuilt after its journal was lost numbers its asks afresh) or was told already."""
+        trials = self.study.get_trials(deepcopy=False)
+        if number >= len(trials) or trials[number].state != TrialState.RUNNING:
+            return
+        if any(not math.isclose(trials[number].params.get(k, math.nan), v, rel_tol=1e-11) for k, v in point.items()):
+            return
         if math.isfinite(loss):
             self.study.tell(number, loss)
         else:

@@ -1,6 +1,8 @@
 """Validating readers for the fields of a TOML spec, shared by the sweep spec (telescope.spec.sweep)
-and the compare study spec (telescope.studies.compare).
+and the compare study spec (telescope.studies.compare.spec).
 
+Both spec kinds hold the TrialConfig settings they keep fixed in the same two tables, [model] (the
+shape: MODEL_FIELDS) and [training] (the rest: TRAINING_FIELDS), read by `read_settings_section`.
 Each reader returns the checked value or raises ConfigError naming the offending key as a dotted
 path ("resources.num_gpus").
 """
@@ -15,11 +17,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from telescope.core.contract import TrialConfig
 from telescope.errors import ConfigError
 from telescope.spec.resources import Resources
 
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "time_limit_s", "max_retries")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MODEL_FIELDS = ("depth", "head_dim", "mlp_ratio", "parameterization")
+# Set by the sweep itself, not by [model]/[training]: where each comes from, for the error message.
+SET_BY_SWEEP = {
+    "width": "the level (base_width doubling to calibration_width)",
+    "base_width": "the top-level base_width",
+    "seed": "the top-level seeds",
+    "num_threads": "the dispatcher, from resources.num_cpus",
+}
+TRAINING_FIELDS = tuple(
+    f for f in TrialConfig.field_names() if f not in MODEL_FIELDS and f not in SET_BY_SWEEP
+)
 
 
 def read_toml(path: str | Path, what: str, examples: str) -> dict[str, Any]:
@@ -92,6 +106,44 @@ def read_table(data: Mapping[str, Any], key: str, example: str) -> Mapping[str, 
     return value
 
 
+def read_settings_section(
+    data: Mapping[str, Any], section: str, allowed: Sequence[str], axis_names: Sequence[str]
+) -> dict[str, Any]:
+    """Settings of [model] or [training], with ints given for float fields made floats (so
+    `weight_decay = 0` and `= 0.0` are one trial)."""
+    table = read_table(data, section, f"[{section}]")
+    out = {}
+    for key, value in table.items():
+        path = f"{section}.{key}"
+        if key in axis_names:
+            raise ConfigError(
+                path, f"{key} is swept in [axes.{key}]; remove it here, or drop the axis to hold it fixed"
+            )
+        if key in SET_BY_SWEEP:
+            raise ConfigError(path, f"set by {SET_BY_SWEEP[key]}; remove it here")
+        other = "training" if section == "model" else "model"
+        if key in (TRAINING_FIELDS if section == "model" else MODEL_FIELDS):
+            raise ConfigError(path, f"{key} is a {other} setting; move it to [{other}]")
+        if key not in allowed:
+            reject_unknown({key: value}, allowed, f"{section}.")
+        declared = TrialConfig.__dataclass_fields__[key].type
+        is_float = declared == "float" or (isinstance(declared, type) and declared is float)
+        as_float = is_float and isinstance(value, int) and not isinstance(value, bool)
+        out[key] = float(value) if as_float else value
+    return out
+
+
+def spec_path(field: str, axis_names: Sequence[str]) -> str:
+    """Where a TrialConfig field is set in the spec."""
+    if field in axis_names:
+        return f"axes.{field}"
+    if field in MODEL_FIELDS:
+        return f"model.{field}"
+    if field in TRAINING_FIELDS:
+        return f"training.{field}"
+    return {"seed": "seeds"}.get(field, field)
+
+
 def read_resources(value: Any, n_levels: int) -> tuple[tuple[Resources, ...], float | None, int]:
     """[resources] as (one Resources per level, time_limit_s or None, max_retries)."""
     if not isinstance(value, Mapping):
@@ -126,9 +178,4 @@ def _check_cpus(v: Any, field: str) -> None:
 def _check_gpus(v: Any, field: str) -> None:
     if not (is_number(v) and v >= 0):
         raise ConfigError(field, f"must be a number of GPUs per trial >= 0; got {v!r}")
-    if v > 1 and v != int(v):
-        raise ConfigError(
-            field,
-            f"fractional GPUs > 1 for one trial cannot be packed; got {v!r}: use a fraction <= 1 "
-            "(0.25 runs four trials per GPU) or a whole number",
-        )
+    Resources(num_gpus=v)  # the packing rule (fractions only below one GPU) lives there

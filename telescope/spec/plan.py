@@ -20,11 +20,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from telescope.core.contract import BYTE_VOCAB
 from telescope.core.flops import training_flops
+from telescope.spec.samplers import sampler_info
 from telescope.spec.sweep import SweepSpec
 from telescope.core.rule import count_schedule
 
-BYTE_VOCAB = 256
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class LevelPlan:
     counts: tuple[int, ...]  # points per axis
     grid: str  # "5x5"
     sampler: str
+    sampler_does: str  # what the sampler will actually do with the level's budget
     points: int
     trials: int  # points x seeds
     flops_per_trial: float
@@ -64,6 +66,10 @@ class Plan:
     max_widenings: int  # widening can't be predicted: it depends on where the optimum lands
     widening_trials_max: int  # at most this many more trials at level 0
     widening_flops_max: float
+    max_shifts: int  # rings per later level, as unpredictable as widening
+    shift_trials_max: int  # at most this many more trials over all later levels
+    shift_flops_max: float
+    centre: str  # "drift" or "previous": where later levels are centred
     brute_force: tuple[BruteForce, ...]
     target_width: int
     final_run_flops: float  # one training run at target_width with the spec's steps
@@ -89,13 +95,23 @@ def plan(spec: SweepSpec) -> Plan:
         rows.append((level, width, counts, trials, trial_flops(width)))
     total = sum(trials * per for *_, trials, per in rows)
     levels = tuple(
-        LevelPlan(level, width, counts, _shape(counts), spec.samplers[level], math.prod(counts), trials, per,
-                  trials * per, trials * per / total)
+        LevelPlan(level, width, counts, _shape(counts), spec.samplers[level],
+                  spec.sampler(level).describe(math.prod(counts), len(spec.axes)), math.prod(counts), trials,
+                  per, trials * per, trials * per / total)
         for level, width, counts, trials, per in rows
     )
 
     base = schedule[0]
-    widening_trials = (math.prod(c + spec.max_widenings for c in base) - math.prod(base)) * seeds
+    # The worst case: every ring grows every axis by one point (a grid level only: a sampler
+    # level's optimum is its best sample, and it never grows).
+    ring_trials = [
+        (math.prod(c + (spec.max_widenings if level == 0 else spec.max_shifts) for c in counts)
+         - math.prod(counts)) * seeds if spec.sampler(level).fixed_points else 0
+        for level, counts in enumerate(schedule)
+    ]
+    widening_trials = ring_trials[0]
+    shift_trials = sum(ring_trials[1:])
+    shift_flops = sum(n * trial_flops(w) for n, w in zip(ring_trials[1:], spec.widths[1:]))
     finest = tuple((c - 1) * 2 ** (spec.n_levels - 1) + 1 if c > 1 else 1 for c in base)
     brute = tuple(
         BruteForce(kind, width, counts, _shape(counts), math.prod(counts) * seeds,
@@ -115,6 +131,10 @@ def plan(spec: SweepSpec) -> Plan:
         max_widenings=spec.max_widenings,
         widening_trials_max=widening_trials,
         widening_flops_max=widening_trials * trial_flops(spec.base_width),
+        max_shifts=spec.max_shifts,
+        shift_trials_max=shift_trials,
+        shift_flops_max=shift_flops,
+        centre=spec.centre,
         brute_force=brute,
         target_width=spec.target_width,
         final_run_flops=trial_flops(spec.target_width),
@@ -143,11 +163,25 @@ def format_plan(p: Plan) -> str:
             f"{_flops(lv.flops_per_trial):>11}  {_flops(lv.flops):>9}  {lv.share:>5.0%}"
         )
     lines.append(f"{'total':>5}  {'':>6}  {'':>7}  {'':>7}  {p.trials:>6}  {'':>11}  {_flops(p.flops):>9}")
-    if p.max_widenings:
+    if not all(sampler_info(lv.sampler).fixed_points for lv in p.levels):
+        lines += ["", "what each level's sampler does:"]
+        lines += [f"  level {lv.level}: {lv.sampler} - {lv.sampler_does}" for lv in p.levels]
+    if p.widening_trials_max:
         lines.append(
             f"+ up to {p.max_widenings} widening ring{'s' if p.max_widenings > 1 else ''} at level 0 if the "
             f"optimum lands on an edge: at most {p.widening_trials_max} more trials, "
             f"{_flops(p.widening_flops_max)} FLOPs"
+        )
+    if p.shift_trials_max:
+        lines.append(
+            f"+ up to {p.max_shifts} ring{'s' if p.max_shifts > 1 else ''} at each later level if its optimum "
+            f"lands on an edge: at most {p.shift_trials_max} more trials, {_flops(p.shift_flops_max)} FLOPs"
+        )
+    if len(p.levels) > 2:
+        lines.append(
+            "  levels from 2 on are centred on the fitted drift x*(n) = x_inf - alpha/n (at most one spacing "
+            "from the previous optimum)" if p.centre == "drift" else
+            '  every later level is centred on the previous optimum (centre = "previous", the paper\'s rule)'
         )
     lines += ["", "against brute force (one grid run entirely at one width):"]
     for b in p.brute_force:

@@ -37,8 +37,8 @@ class Resources:
         if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
             raise ConfigError(
                 "resources.num_gpus",
-                f"above 1 must be a whole number of GPUs; got {self.num_gpus!r} — "
-                "use a fraction below 1 (e.g. 0.25 packs 4 jobs per GPU) or 1, 2, ...",
+                f"fractional GPUs > 1 for one trial cannot be packed; got {self.num_gpus!r}: use a fraction "
+                "<= 1 (0.25 runs four trials per GPU) or a whole number",
             )
         if self.num_cpus == 0 and self.num_gpus == 0:
             raise ConfigError(

@@ -2,7 +2,8 @@
 
 Layout (sweeps/demo.toml is a commented example):
 
-    name, base_width, calibration_width, target_width, seeds, min_points, max_widenings, sampler
+    name, base_width, calibration_width, target_width, seeds, min_points, max_widenings,
+    max_shifts, centre, sampler
     [model]      the shape held fixed across widths: depth, head_dim, mlp_ratio, parameterization
     [training]   every other TrialConfig setting held fixed: steps, seq_len, batch_size, data, ...
     [axes.NAME]  one table per swept hyperparameter: low, high, scale ("log"/"linear"), points
@@ -29,23 +30,12 @@ from telescope.core.numbers import canonical
 from telescope.errors import ConfigError
 from telescope.spec.resources import Resources
 from telescope.spec.fields import (
-    NAME_PATTERN, is_number, read_resources, read_seeds, read_table, read_toml, reject_unknown, required,
-    whole_number,
+    MODEL_FIELDS, NAME_PATTERN, TRAINING_FIELDS, is_number, read_resources, read_seeds, read_settings_section,
+    read_toml, reject_unknown, required, spec_path, whole_number,
 )
-from telescope.core.rule import Axis, levels
+from telescope.core.rule import CENTRES, Axis, Centre, count_schedule, level_widths
+from telescope.spec.samplers import SamplerInfo, check_budget, sampler_info
 
-SAMPLERS = ("grid", "tpe", "gp", "random", "cmaes", "qmc")
-MODEL_FIELDS = ("depth", "head_dim", "mlp_ratio", "parameterization")
-# Set by the sweep itself, not by [model]/[training]: where each comes from, for the error message.
-SET_BY_SWEEP = {
-    "width": "the level (base_width doubling to calibration_width)",
-    "base_width": "the top-level base_width",
-    "seed": "the top-level seeds",
-    "num_threads": "the dispatcher, from resources.num_cpus",
-}
-TRAINING_FIELDS = tuple(
-    f for f in TrialConfig.field_names() if f not in MODEL_FIELDS and f not in SET_BY_SWEEP
-)
 # Sweepable hyperparameters and their valid ranges (closed). val_frac and diverge_factor are
 # floats too, but they define the measurement, not the training, so sweeping them means nothing.
 AXIS_BOUNDS: dict[str, tuple[float, float]] = {
@@ -59,8 +49,12 @@ LOG_ONLY = ("lr", "init_std")  # scales: must stay > 0 however far the grid move
 AXIS_KEYS = ("low", "high", "scale", "points")
 TOP_LEVEL_KEYS = (
     "name", "base_width", "calibration_width", "target_width", "seeds", "min_points", "max_widenings",
-    "sampler", "model", "training", "axes", "resources",
+    "max_shifts", "centre", "sampler", "model", "training", "axes", "resources",
 )
+# The values of the rule's later settings that reproduce the rule before they existed (the paper's:
+# no rings after level 0, centred on the previous optimum). A spec at these values keeps the
+# fingerprint it had then, so its sweep directories stay its own.
+LEGACY_RULE = {"max_shifts": 0, "centre": "previous"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +71,8 @@ class SweepSpec:
     seeds: tuple[int, ...] = (0,)
     min_points: int = 1
     max_widenings: int = 2
+    max_shifts: int = 2  # rings a later level may add while its optimum sits on an edge
+    centre: Centre = "drift"  # "previous": the paper's rule
     samplers: tuple[str, ...] = ("grid",)  # one per level
     resources: tuple[Resources, ...] = (Resources(),)  # one per level
     time_limit_s: float | None = None
@@ -84,7 +80,7 @@ class SweepSpec:
 
     @property
     def widths(self) -> list[int]:
-        return levels(self.base_width, self.calibration_width)
+        return level_widths(self.base_width, self.calibration_width)
 
     @property
     def n_levels(self) -> int:
@@ -93,6 +89,10 @@ class SweepSpec:
     @property
     def axis_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.axes)
+
+    def sampler(self, level: int) -> SamplerInfo:
+        """What level `level`'s sampler is: grid points or an Optuna sampler's asks."""
+        return sampler_info(self.samplers[level])
 
     def trial_config(self, width: int, point: Mapping[str, float], seed: int) -> TrialConfig:
         """The trial at `width` and `seed` with the swept values of `point`."""
@@ -116,6 +116,8 @@ class SweepSpec:
             "seeds": len(self.seeds) if self.seeds == tuple(range(len(self.seeds))) else list(self.seeds),
             "min_points": self.min_points,
             "max_widenings": self.max_widenings,
+            "max_shifts": self.max_shifts,
+            "centre": self.centre,
             "sampler": self.samplers[0] if one else list(self.samplers),
             "model": {f: getattr(self.fixed, f) for f in MODEL_FIELDS},
             "training": {
@@ -142,27 +144,19 @@ class SweepSpec:
 
     def fingerprint(self) -> str:
         """A stable hash of what decides the sweep's trials and results. Leaves out the name,
-        target_width (export only) and [resources] (how trials run, not what they compute)."""
-        data = {k: v for k, v in self.to_dict().items() if k not in ("name", "target_width", "resources")}
+        target_width (export only) and [resources] (how trials run, not what they compute), and
+        max_shifts / centre where they are at `LEGACY_RULE`, so a spec written before they existed
+        keeps its fingerprint when set to the rule it ran under."""
+        data = {
+            k: v for k, v in self.to_dict().items()
+            if k not in ("name", "target_width", "resources") and LEGACY_RULE.get(k, object()) != v
+        }
         blob = json.dumps(canonical(data), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-
-
 def _per_level_out(values: list[float]) -> float | list[float]:
     return values[0] if len(set(values)) == 1 else values
-
-
-def spec_path(field: str, axis_names: Sequence[str]) -> str:
-    """Where a TrialConfig field is set in the spec."""
-    if field in axis_names:
-        return f"axes.{field}"
-    if field in MODEL_FIELDS:
-        return f"model.{field}"
-    if field in TRAINING_FIELDS:
-        return f"training.{field}"
-    return {"seed": "seeds"}.get(field, field)
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -188,7 +182,7 @@ def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
         required(data, "calibration_width", "calibration_width = 2048"), "calibration_width", 1
     )
     target = whole_number(required(data, "target_width", "target_width = 4096"), "target_width", 1)
-    widths = levels(base, calibration)
+    widths = level_widths(base, calibration)
     if target < calibration:
         raise ConfigError(
             "target_width",
@@ -229,7 +223,18 @@ def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
                 f"must be >= min_points ({min_points}); got {a.points}: raise it or lower min_points",
             )
     max_widenings = whole_number(data.get("max_widenings", 2), "max_widenings", 0)
+    max_shifts = whole_number(data.get("max_shifts", 2), "max_shifts", 0)
+    centre = data.get("centre", "drift")
+    if centre not in CENTRES:
+        raise ConfigError(
+            "centre",
+            f'must be "drift" (follow the fitted drift of the optimum) or "previous" (the paper\'s rule: '
+            f"centre on the previous optimum); got {centre!r}",
+        )
     samplers = _samplers(data.get("sampler", "grid"), len(widths))
+    schedule = count_schedule([a.points for a in axes], len(widths), min_points)
+    for level, (sampler, counts) in enumerate(zip(samplers, schedule)):
+        check_budget(sampler, level, math.prod(counts), len(axes))
     resources, time_limit, max_retries = read_resources(data.get("resources", {}), len(widths))
     return SweepSpec(
         name=name,
@@ -241,38 +246,13 @@ def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
         seeds=seeds,
         min_points=min_points,
         max_widenings=max_widenings,
+        max_shifts=max_shifts,
+        centre=centre,
         samplers=samplers,
         resources=resources,
         time_limit_s=time_limit,
         max_retries=max_retries,
     )
-
-
-def read_settings_section(
-    data: Mapping[str, Any], section: str, allowed: Sequence[str], axis_names: Sequence[str]
-) -> dict[str, Any]:
-    """Settings of [model] or [training], with ints given for float fields made floats (so
-    `weight_decay = 0` and `= 0.0` are one trial)."""
-    table = read_table(data, section, f"[{section}]")
-    out = {}
-    for key, value in table.items():
-        path = f"{section}.{key}"
-        if key in axis_names:
-            raise ConfigError(
-                path, f"{key} is swept in [axes.{key}]; remove it here, or drop the axis to hold it fixed"
-            )
-        if key in SET_BY_SWEEP:
-            raise ConfigError(path, f"set by {SET_BY_SWEEP[key]}; remove it here")
-        other = "training" if section == "model" else "model"
-        if key in (TRAINING_FIELDS if section == "model" else MODEL_FIELDS):
-            raise ConfigError(path, f"{key} is a {other} setting; move it to [{other}]")
-        if key not in allowed:
-            reject_unknown({key: value}, allowed, f"{section}.")
-        declared = TrialConfig.__dataclass_fields__[key].type
-        is_float = declared == "float" or (isinstance(declared, type) and declared is float)
-        as_float = is_float and isinstance(value, int) and not isinstance(value, bool)
-        out[key] = float(value) if as_float else value
-    return out
 
 
 def _config(settings: dict[str, Any], axis_names: Sequence[str], width_field: str) -> TrialConfig:
@@ -317,6 +297,5 @@ def _samplers(value: Any, n_levels: int) -> tuple[str, ...]:
             f"must be one sampler name or a list with one per level ({n_levels} levels); got {value!r}",
         )
     for s in names:
-        if s not in SAMPLERS:
-            raise ConfigError("sampler", f"unknown sampler {s!r}; choose from {', '.join(SAMPLERS)}")
+        sampler_info(s)
     return tuple(names)

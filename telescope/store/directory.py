@@ -7,7 +7,9 @@
     DIR/curves.parquet/
     DIR/.lock              flock'ed by the controller that writes (telescope.store.lock)
 
-sweep.json is written last, so its presence marks a directory whose creation finished.
+sweep.json is written last, so its presence marks a directory whose creation finished. A
+sweep.json or spec.toml that cannot be read or makes no sense is a LedgerError naming the file;
+a directory that is not ours, or of another spec or kind, is a ConfigError (the --out to change).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import telescope
-from telescope.errors import ConfigError
+from telescope.errors import ConfigError, LedgerError
 from telescope.store.files import TMP_NAME, atomic_write, fsync_dir
 from telescope.store.ledger import Ledger
 
@@ -64,24 +66,34 @@ def refuse_unusable(path: Path) -> str:
     return state
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def _read_text(file: Path, remedy: str) -> str:
+    """A file of a sweep directory as text, or a LedgerError naming it and saying what to do."""
     try:
-        meta = json.loads((path / META_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(str(path), f"{META_FILE} is unreadable ({err}); restore it or start a new sweep") from None
+        return file.read_text(encoding="utf-8")
+    except OSError as err:
+        raise LedgerError(str(file), f"is unreadable ({err.strerror or err}); {remedy}") from None
+    except UnicodeDecodeError:
+        raise LedgerError(str(file), f"is unreadable (not UTF-8 text); {remedy}") from None
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    file, remedy = path / META_FILE, "restore it from a copy or start a new sweep"
+    try:
+        meta = json.loads(_read_text(file, remedy))
+    except json.JSONDecodeError as err:
+        raise LedgerError(str(file), f"is unreadable ({err}); {remedy}") from None
     wanted = {"format": int, "spec_fingerprint": str, "name": str, "created_at": str, "telescope_version": str}
     bad = [k for k, t in wanted.items() if not isinstance(meta, dict) or not isinstance(meta.get(k), t)]
     if bad:
-        raise ConfigError(str(path), f"{META_FILE} is corrupt (bad or missing {', '.join(bad)}); restore it or start a new sweep")
+        raise LedgerError(str(file), f"is corrupt (bad or missing {', '.join(bad)}); {remedy}")
     if meta["format"] != FORMAT:
-        raise ConfigError(
-            str(path),
-            f"{META_FILE} has format {meta['format']}; telescope {telescope.__version__} reads format {FORMAT}",
+        raise LedgerError(
+            str(file), f"has format {meta['format']}; telescope {telescope.__version__} reads format {FORMAT}"
         )
     if "kind" not in meta:  # written before the kind was stored: only a compare study's spec says so
         meta["kind"] = "compare" if _spec_says_compare(path) else "sweep"
     if meta["kind"] not in KINDS:
-        raise ConfigError(str(path), f"{META_FILE} has unknown kind {meta['kind']!r}; expected {', '.join(KINDS)}")
+        raise LedgerError(str(file), f"has unknown kind {meta['kind']!r}; expected {', '.join(KINDS)}; {remedy}")
     return meta
 
 
@@ -114,7 +126,8 @@ def write_spec(path: str | os.PathLike[str], spec_text: str) -> None:
 
 def check_sweep_dir(path: str | os.PathLike[str], spec_fingerprint: str, kind: str = "sweep") -> str:
     """Read-only: whether `run` may use `path` for this spec ("absent", "sweep", ...), or a
-    ConfigError. `run` calls it before taking the lock, so a refusal leaves every byte alone."""
+    ConfigError (a LedgerError if its sweep.json is damaged). `run` calls it before taking the
+    lock, so a refusal leaves every byte alone."""
     path = Path(path)
     state = refuse_unusable(path)
     if state == "sweep":
@@ -171,8 +184,5 @@ def load_sweep_dir(path: str | os.PathLike[str], kind: str | None = "sweep") -> 
     meta = _read_meta(path)
     if kind is not None:
         _refuse_other_kind(path, meta, kind)
-    try:
-        spec_text = (path / SPEC_FILE).read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(str(path), f"{SPEC_FILE} is unreadable ({err}); restore the sweep's spec there") from None
+    spec_text = _read_text(path / SPEC_FILE, "restore the sweep's spec there from a copy")
     return Ledger(path), spec_text, meta

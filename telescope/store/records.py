@@ -2,6 +2,10 @@
 
 The core columns have fixed types (CORE_SCHEMA), so that part files always concatenate; the
 sweep's axes and any extra columns take their types from the first trials recorded.
+
+Everything here is built by telescope's own drivers (the sweep controller, the compare study)
+from their specs and their trials' results, so a record that breaks these rules is a bug:
+ValueError or TypeError, with the offending column first ("level: must be a whole number ...").
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 
 from telescope.core.contract import TrialResult
-from telescope.errors import ConfigError
 
 STATUSES = ("completed", "diverged", "failed")
 
@@ -86,24 +89,28 @@ def trial_record(
     finished_at (optional); any other key becomes an extra column. A sweep's columns and their
     types are fixed by the first trial it records.
     """
-    if not isinstance(trial_id, str) or not trial_id:
-        raise ConfigError("trial_id", f"must be a non-empty string; got {trial_id!r}")
+    if not isinstance(trial_id, str):
+        raise TypeError(f"trial_id: must be a non-empty string; got {trial_id!r}")
+    if not trial_id:
+        raise ValueError("trial_id: must be a non-empty string; got ''")
     summary = result.summary()
     for source, names in (("axes", axes), ("columns", columns)):
         for name in names:
             # "__" names are pyarrow's special fields (__fragment_index, ...), which reads use
-            if not isinstance(name, str) or not name or name.startswith("__"):
-                raise ConfigError(source, f"column names must be non-empty strings not starting with '__'; got {name!r}")
+            if not isinstance(name, str):
+                raise TypeError(f"{source}: column names must be non-empty strings not starting with '__'; got {name!r}")
+            if not name or name.startswith("__"):
+                raise ValueError(f"{source}: column names must be non-empty strings not starting with '__'; got {name!r}")
     clash = (set(axes) & (set(CORE_SCHEMA.names) | set(columns) | set(summary))) | (
         set(columns) & (set(summary) | {"trial_id"})
     )
     if clash:
-        raise ConfigError(
-            sorted(clash)[0], "would name two ledger columns (an axis, a result field or a given column); rename it"
+        raise ValueError(
+            f"{min(clash)}: would name two ledger columns (an axis, a result field or a given column); rename it"
         )
     missing = [name for name in REQUIRED_COLUMNS if columns.get(name) is None]
     if missing:
-        raise ConfigError(missing[0], "is required in the ledger row; pass it in `columns`")
+        raise ValueError(f"{missing[0]}: is required in the ledger row; pass it in `columns`")
 
     row: dict[str, Any] = {
         "trial_id": trial_id, "node": "", "gpu_ids": "", "attempt": 1,
@@ -111,7 +118,7 @@ def trial_record(
         **summary, **columns,
     }
     if row["status"] not in STATUSES:
-        raise ConfigError("status", f"must be one of {', '.join(STATUSES)}; got {row['status']!r}")
+        raise ValueError(f"status: must be one of {', '.join(STATUSES)}; got {row['status']!r}")
     if row["status"] != "completed":
         # final_loss is what an optimiser ranks on: only a finished run has one. A diverged run's
         # last measured loss stays in its curve.
@@ -119,7 +126,7 @@ def trial_record(
     for field in CORE_SCHEMA:
         value = row.get(field.name)
         if value is None and field.name not in NULLABLE:
-            raise ConfigError(field.name, "must not be empty in a ledger row")
+            raise ValueError(f"{field.name}: must not be empty in a ledger row")
         row[field.name] = coerce(field.name, value, field.type)
     for name in axes:
         row[name] = coerce(name, axes[name], infer_type(name, [axes[name]], axis=True))
@@ -139,14 +146,14 @@ def _merge_curves(result: TrialResult) -> tuple[np.ndarray, np.ndarray, np.ndarr
         (result.val_steps, result.val_loss, "val_loss"),
     ):
         if len(steps) != len(losses):
-            raise ConfigError(name, f"has {len(losses)} values for {len(steps)} steps; they must match")
+            raise ValueError(f"{name}: has {len(losses)} values for {len(steps)} steps; they must match")
         step_array = np.asarray(steps) if len(steps) else np.zeros(0, np.int64)
         if not np.issubdtype(step_array.dtype, np.integer):
-            raise ConfigError(name, f"steps must be whole numbers; got {list(steps)[:3]!r}")
+            raise TypeError(f"{name}: steps must be whole numbers; got {list(steps)[:3]!r}")
         try:
             curves.append((step_array.astype(np.int64), np.asarray(losses, dtype=np.float64)))
         except (TypeError, ValueError):
-            raise ConfigError(name, f"must be numbers; got {list(losses)[:3]!r}") from None
+            raise TypeError(f"{name}: must be numbers; got {list(losses)[:3]!r}") from None
     all_steps = np.union1d(curves[0][0], curves[1][0])
     merged = []
     for steps, losses in curves:
@@ -157,7 +164,7 @@ def _merge_curves(result: TrialResult) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def coerce(name: str, value: Any, type_: pa.DataType) -> Any:
-    """`value` as the Python scalar Parquet will store under `type_`, or ConfigError.
+    """`value` as the Python scalar Parquet will store under `type_`, or TypeError.
 
     Done by hand because pyarrow silently truncates 3.5 to 3 when asked for int64.
     """
@@ -187,16 +194,14 @@ def coerce(name: str, value: Any, type_: pa.DataType) -> Any:
         kind = "a timezone-aware datetime"
     else:  # pragma: no cover - the ledger only creates the types above
         kind = str(type_)
-    raise ConfigError(name, f"must be {kind} to match its ledger column ({type_}); got {value!r}")
+    raise TypeError(f"{name}: must be {kind} to match its ledger column ({type_}); got {value!r}")
 
 
 def infer_type(name: str, values: list[Any], *, axis: bool) -> pa.DataType:
     """The column type for a non-core column, from its values in the first recorded batch."""
     present = [v.item() if isinstance(v, np.generic) else v for v in values if v is not None]
     if not present:
-        raise ConfigError(
-            name, "is empty in the first trials recorded, so its column type cannot be fixed; give it a value"
-        )
+        raise ValueError(f"{name}: is empty in the first trials recorded, so its column type cannot be fixed; give it a value")
     if all(isinstance(v, bool) for v in present):
         return pa.bool_()
     if all(isinstance(v, str) for v in present):
@@ -206,4 +211,4 @@ def infer_type(name: str, values: list[Any], *, axis: bool) -> pa.DataType:
         if not axis and all(isinstance(v, numbers.Integral) for v in present):
             return pa.int64()
         return pa.float64()
-    raise ConfigError(name, f"must hold numbers, strings or booleans (one kind); got {present[:3]!r}")
+    raise TypeError(f"{name}: must hold numbers, strings or booleans (one kind); got {present[:3]!r}")

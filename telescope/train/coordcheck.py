@@ -18,8 +18,9 @@ the residual stream entering the final norm and the readout logits ("update" onl
 with weights: attn, mlp, logits). `CoordCheck.spread` fits log2(value) against log2(width): slope 0
 is flat, 0.5 grows as sqrt(width), -0.5 vanishes as 1/sqrt(width).
 
-The readout starts at zero under muP, so no gradient reaches the body at the first step: hidden
-layers first learn at t = 2, and only weight decay moves them at t = 1. Read the spreads at t >= 2.
+The readout is drawn at init_std (telescope.core.scaling says why not zero), so gradients reach
+the body from the first step; Muon's orthogonalized update then moves each hidden matrix by an
+amount its learning rate sets, not the gradient's size.
 Training is the trial engine itself (`Engine.step`), so what is checked is what a sweep trains.
 """
 

@@ -37,14 +37,12 @@ class Muon(torch.optim.Muon):
     Same hyperparameters, same update: Nesterov momentum, quintic Newton-Schulz in bf16 on the
     Frobenius-normalised momentum, lr scaled by adjust_lr_fn, coupled decay
     W <- W * (1 - lr*wd) - adjusted_lr * O. Only the kernel launches differ. torch runs the ~16
-    small kernels of each Newton-Schulz once per matrix; a model's hidden matrices come in two
-    shapes once tall ones are turned on their side (d x d for q, k, v, o and d x 4d for the MLP's
-    fc^T and proj), so here each shape is one stack and each Newton-Schulz matmul one batched GEMM.
-    On the 2-core CPU that made the Muon step of a depth-4 model 1.8x faster than torch's at width
-    128 (10 vs 18 ms) and 1.1x at 256 (60 vs 66 ms); at 512 the GEMMs run near the bf16 peak
-    either way and the two land within run-to-run noise of each other (+-7%). bench/engine.py
-    shows the effect on a whole training step. On CPU the result is torch's bit for bit
-    (tests/test_model.py checks it at widths 64 and 256, batched and single, tall and wide); a
+    small kernels of each Newton-Schulz once per matrix; a model's hidden matrices come in three
+    shapes (d x d for q, k, v, o; 4d x d for the MLP's fc; d x 4d for its proj), so here each shape
+    is one stack and each Newton-Schulz matmul one batched GEMM: fewer, larger kernels, which
+    matters most at small widths (bench/engine.py measures it; the README has the numbers). On CPU
+    the result is torch's bit for bit
+    (tests/train/test_model.py checks it at widths 64 and 256, batched and single, tall and wide); a
     GPU's batched GEMM may round differently from one GEMM per matrix.
     """
 
@@ -60,7 +58,12 @@ class Muon(torch.optim.Muon):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
+            # Not setdefault(key, zeros_like(p)): that would allocate a full-size zero tensor for
+            # every matrix on every step only to throw it away.
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
             torch._foreach_lerp_(bufs, grads, 1 - momentum)
             updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
             ortho = orthogonalize(updates, group["ns_coefficients"], group["ns_steps"], group["eps"])
@@ -78,20 +81,24 @@ class Muon(torch.optim.Muon):
 def orthogonalize(
     updates: list[torch.Tensor], coefficients: tuple[float, float, float], steps: int, eps: float
 ) -> list[torch.Tensor]:
-    """Newton-Schulz of each 2-D update, batched: tall matrices are transposed (so X X^T is the
-    smaller Gram matrix, as torch does per matrix), same-shape ones stacked, and every stack
-    orthogonalized in one pass. Returned in bf16, each in its update's own orientation."""
+    """Newton-Schulz of each 2-D update, batched: same-shape updates are stacked and every stack
+    orthogonalized in one pass. A tall stack is worked on through its transpose, as torch does per
+    matrix (so X X^T is the smaller Gram matrix); tall and wide updates of transposed shapes stay
+    in separate stacks because a transposed view and a contiguous matrix take different GEMM
+    kernels, whose bf16 rounding differs on some CPUs. Returned in bf16, each in its update's
+    own orientation."""
     stacks: dict[torch.Size, list[int]] = defaultdict(list)
-    wide = [u.mT if u.size(0) > u.size(1) else u for u in updates]
-    for i, w in enumerate(wide):
-        stacks[w.shape].append(i)
+    for i, u in enumerate(updates):
+        stacks[u.shape].append(i)
     out: list[torch.Tensor] = [None] * len(updates)  # type: ignore[list-item]
-    for idx in stacks.values():
-        X = torch.empty((len(idx), *wide[idx[0]].shape), dtype=torch.bfloat16, device=wide[idx[0]].device)
+    for shape, idx in stacks.items():
+        X = torch.empty((len(idx), *shape), dtype=torch.bfloat16, device=updates[idx[0]].device)
         for row, i in zip(X, idx):
-            row.copy_(wide[i])  # cast and stack in one copy
-        for i, o in zip(idx, newton_schulz(X, coefficients, steps, eps).unbind(0)):
-            out[i] = o.mT if updates[i].size(0) > updates[i].size(1) else o
+            row.copy_(updates[i])  # cast and stack in one copy
+        tall = shape[0] > shape[1]
+        O = newton_schulz(X.mT if tall else X, coefficients, steps, eps)
+        for i, o in zip(idx, (O.mT if tall else O).unbind(0)):
+            out[i] = o
     return out
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from telescope.core.contract import TrialConfig, TrialResult
-from telescope.train.data import Corpus, load_corpus, train_batches, val_batches
+from telescope.core.corpus import Corpus, load_corpus
+from telescope.train.data import train_batches, val_batches
 from telescope.errors import ConfigError
 from telescope.core.flops import training_flops
 from telescope.train.model import GPT, build_model
@@ -91,7 +92,7 @@ def torch_settings(cfg: TrialConfig, device: torch.device):
     changed in a notebook or a long-lived worker.
 
     No torch.use_deterministic_algorithms: the CPU kernels this model uses are already
-    deterministic for a fixed thread count (tests/test_trial.py checks bit-for-bit repeats), and
+    deterministic for a fixed thread count (tests/train/test_trial.py checks bit-for-bit repeats), and
     the switch imports torch's compiler stack, seconds in every fresh Ray worker."""
     threads = torch.get_num_threads()
     try:

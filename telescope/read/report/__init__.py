@@ -1,4 +1,4 @@
-"""`telescope report DIR -o OUTDIR`: what a sweep found and what it cost, as PNG figures and a
+"""`telescope report DIR --out OUTDIR`: what a sweep found and what it cost, as PNG figures and a
 markdown file that embeds them beside the numbers behind them.
 
 Everything comes from the sweep directory alone, through the modules that own each answer: the
@@ -28,14 +28,14 @@ from telescope.read.report.figures import (
 )
 from telescope.read.report.markdown import render_markdown
 from telescope.read.report.numbers import (
-    REPORT_FILE, BruteForceSaving, Compute, LevelSummary, ReportData, compute_summary, drift_fits,
-    level_summaries, loss_fit, optimum_sigma, point_losses,
+    REPORT_FILE, BruteForceSaving, Compute, LevelSummary, ReportData, compute_summary, level_summaries,
+    loss_fit, point_losses,
 )
+from telescope.core.drift import drift_fits
 from telescope.spec.sweep import SweepSpec
 
 __all__ = [
     "REPORT_FILE", "BruteForceSaving", "Compute", "LevelSummary", "ReportData", "make_report",
-    "optimum_sigma", "point_losses",
 ]
 COORDCHECK_STEPS = 3  # the report's coordinate check is a quick picture, not the full study
 
@@ -59,7 +59,7 @@ def make_report(directory: str | Path, outdir: str | Path, *, axes: Sequence[str
         sweep=spec.name, directory=Path(directory), outdir=outdir, complete=state.complete,
         stopped=state.stopped, target_width=spec.target_width,
         levels=level_summaries(spec, state, trials, points),
-        drift=drift_fits(spec, state.levels), loss_fit=loss_fit(state.levels),
+        drift=drift_fits(spec.axes, state.levels), loss_fit=loss_fit(state.levels),
         compute=compute_summary(plan(spec), trials),
     )
     if points.empty:
@@ -86,7 +86,8 @@ def make_report(directory: str | Path, outdir: str | Path, *, axes: Sequence[str
 
 def compare_section(directory: str | Path, outdir: Path, data: ReportData) -> str:
     """The Muon-vs-AdamW study as a report section: its figures redrawn into OUTDIR, its table."""
-    from telescope.studies.compare import format_table, load_compare, plot_compare
+    from telescope.studies.compare.figures import plot_compare
+    from telescope.studies.compare.results import format_table, load_compare
 
     table = load_compare(directory).table
     names = plot_compare(table, outdir)
@@ -129,12 +130,9 @@ def coordcheck_setup(spec: SweepSpec, state: SweepState,
 
 
 def _coordcheck(spec: SweepSpec, state: SweepState, path: Path, data: ReportData) -> None:
-    """Run the coordinate check if telescope.train.coordcheck exists; a report never fails for it."""
-    try:
-        from telescope.train import coordcheck
-    except ImportError as err:
-        data.notes.append(f"coordinate check: unavailable (telescope.train.coordcheck cannot be imported: {err})")
-        return
+    """Run the seconds-long coordinate check (torch, imported only here); a report never fails for it."""
+    from telescope.train import coordcheck
+
     try:
         cfg, widths = coordcheck_setup(spec, state, COORDCHECK_DEFAULTS)
         rules = ("adam-mup", "spectral") if cfg.optimizer == "muon" else None

@@ -17,10 +17,11 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
+from telescope.core.drift import optimum_sigma
 from telescope.core.fits import DriftFit, PowerLawFit
 from telescope.state import SweepState
 from telescope.read.report.numbers import (
-    PAPER_FINAL_SHARE, PAPER_LOSS_ALPHA, LevelSummary, ReportData, level_grid, optimum_sigma,
+    PAPER_FINAL_SHARE, PAPER_LOSS_ALPHA, LevelSummary, ReportData, level_grid,
 )
 from telescope.spec.sweep import SweepSpec
 from telescope.core.rule import AxisGrid, LevelGrid, LevelResult, Optimum
@@ -145,8 +146,10 @@ def plot_level_grid(spec: SweepSpec, state: SweepState, points: pd.DataFrame, su
         _grid_cells(fig, ax, grid, at, a, b, spec.axis_names, len(spec.seeds))
     else:  # a sampler's (or a stopped level's) points are not on a grid: plot them where they are
         _scatter_cells(fig, ax, at, a, b)
+    bracket = ""
     if level < len(state.levels):
         opt = state.levels[level].optimum
+        bracket = "; bracketed" if state.levels[level].bracketed else "; NOT bracketed (on an edge)"
         ax.plot([opt.point[a]], [opt.point[b] if b else 0.5], "*", color="white", mec="black", ms=16,
                 zorder=6, label=f"optimum ({opt.method})")
     nxt = level_grid(state, level + 1)
@@ -159,7 +162,8 @@ def plot_level_grid(spec: SweepSpec, state: SweepState, points: pd.DataFrame, su
               bbox_to_anchor=(0.5, -0.14), ncol=3)
     extra = [n for n in spec.axis_names if n not in pair]
     note = f"; best over {', '.join(extra)}" if extra else ""
-    ax.set_title(f"level {level}: width {summary.width}, {summary.grid} grid ({summary.state}){note}", fontsize=10)
+    ax.set_title(f"level {level}: width {summary.width}, {summary.grid} grid ({summary.state}{bracket}){note}",
+                 fontsize=10)
     return _save(fig, path)
 
 

@@ -55,14 +55,20 @@ def render_markdown(spec: SweepSpec, state: SweepState, data: ReportData) -> str
 
 def _levels_section(spec: SweepSpec, data: ReportData) -> list[str]:
     header = ["level", "width", "grid", "state", "trials", "completed", "diverged", "failed", "FLOPs",
-              "cumulative FLOPs", "best loss", *(f"optimum {n}" for n in spec.axis_names), "method"]
+              "cumulative FLOPs", "best loss", *(f"optimum {n}" for n in spec.axis_names), "method", "bracketed"]
     rows = []
     for s in data.levels:
         best = "-" if s.best_loss is None else f"{s.best_loss:.6f}"
         opt = [f"{s.optimum[n]:.6g}" for n in spec.axis_names] if s.optimum else ["-"] * len(spec.axis_names)
         rows.append([s.level, s.width, s.grid, s.state, s.trials, s.completed, s.diverged, s.failed,
-                     _e(s.flops), _e(s.cumulative_flops), best, *opt, s.method or "-"])
-    return ["## Levels", ""] + _table(header, rows)
+                     _e(s.flops), _e(s.cumulative_flops), best, *opt, s.method or "-",
+                     "-" if s.bracketed is None else "yes" if s.bracketed else "**no**"])
+    lines = ["## Levels", ""] + _table(header, rows)
+    if any(s.bracketed is False for s in data.levels):
+        lines += ["An optimum that is not bracketed sits on an edge of its level's grid after every ring the "
+                  "spec allowed: the true optimum may lie beyond it (each level's notes below say which fix "
+                  "would bracket it).", ""]
+    return lines
 
 
 def _transfer_section(spec: SweepSpec, data: ReportData) -> list[str]:

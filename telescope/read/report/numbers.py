@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from telescope.core.fits import DriftFit, InsufficientDataError, PowerLawFit, fit_drift, fit_power_law
+from telescope.core.fits import DriftFit, InsufficientDataError, PowerLawFit, fit_power_law
 from telescope.spec.plan import Plan
 from telescope.state import SweepState, row_loss
 from telescope.spec.sweep import SweepSpec
 from telescope.core.rule import LevelGrid, LevelResult
-
-from telescope.read.export import drift_fits, optimum_sigma  # noqa: F401  (re-exported for the notebook)
 
 REPORT_FILE = "report.md"
 # What arXiv 2505.02222 reports, quoted beside this sweep's own numbers.
@@ -46,6 +44,7 @@ class LevelSummary:
     best_loss: float | None  # done: the optimum's loss; otherwise the best full point so far
     optimum: dict[str, float] | None  # done levels only: the refined optimum
     method: str | None
+    bracketed: bool | None = None  # done levels only: the optimum is interior on every axis that could grow
 
 
 @dataclass(frozen=True)
@@ -131,6 +130,7 @@ def level_summaries(spec: SweepSpec, state: SweepState, trials: pd.DataFrame,
             best_loss=optimum.loss if optimum else _best_so_far(points, level, len(spec.seeds)),
             optimum={k: float(v) for k, v in optimum.point.items()} if optimum else None,
             method=optimum.method if optimum else None,
+            bracketed=state.levels[level].bracketed if done else None,
         ))
     return rows
 

@@ -11,10 +11,8 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from sweep_helpers import write_spec
 from telescope.cli import main
 from telescope.core.contract import TrialResult
-from telescope.run.controller import run_sweep
 from telescope.state import sweep_state
 from telescope.core.fits import DriftFit, PowerLawFit
 from telescope.core.flops import training_flops
@@ -22,7 +20,6 @@ from telescope.store.directory import open_sweep_dir
 from telescope.store.lock import SweepLock
 from telescope.store.records import trial_record
 from telescope.spec.plan import plan
-from telescope.run.progress import Progress
 from telescope.state import replay, row_loss
 from telescope.read.report import make_report
 from telescope.spec.sweep import load_spec
@@ -111,22 +108,11 @@ def build_synthetic(root: Path, *, stop_level: int | None = None, recorded: int 
 # ----------------------------------------------------------------------------- the real sweep
 
 
-def real_sweep_dir(tmp_path_factory) -> Path:
-    """The one real tiny sweep (widths 16 -> 32 -> 64) shared with test_notebook.py: the first
-    caller runs it, a later one finds it complete (re-running a finished sweep is a no-op that
-    starts no Ray)."""
-    root = tmp_path_factory.getbasetemp() / "real-sweep"
-    root.mkdir(exist_ok=True)
-    spec = write_spec(root, calibration_width=64)
-    run_sweep(spec, root / "out", num_cpus=2, progress=Progress(quiet=True))
-    return root / "out"
-
-
 @pytest.fixture(scope="module")
-def real_report(tmp_path_factory):
-    sweep = real_sweep_dir(tmp_path_factory)
+def real_report(tmp_path_factory, real_sweep):
+    sweep = real_sweep
     outdir = tmp_path_factory.mktemp("real-report")
-    assert main(["report", str(sweep), "-o", str(outdir)]) == 0  # the CLI, coordinate check on
+    assert main(["report", str(sweep), "--out", str(outdir)]) == 0  # the CLI, coordinate check on
     return sweep, outdir
 
 

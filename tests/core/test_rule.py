@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from telescope.errors import ConfigError
+from telescope.errors import ConfigError, NoOptimumError
 from telescope.core.rule import (
     Axis,
     Observation,
@@ -15,11 +15,11 @@ from telescope.core.rule import (
     count_schedule,
     describe_widening,
     find_optimum,
-    levels,
+    level_widths,
     narrow,
     next_count,
     simulate,
-    telescope,
+    telescoping_steps,
     widen,
 )
 
@@ -151,11 +151,11 @@ def test_widening_sentence():
 
 
 def test_levels_double():
-    assert levels(32, 128) == [32, 64, 128]
-    assert levels(256, 256) == [256]
+    assert level_widths(32, 128) == [32, 64, 128]
+    assert level_widths(256, 256) == [256]
     for base, cal in ((32, 96), (64, 32), (32, 0)):
         with pytest.raises(ConfigError) as err:
-            levels(base, cal)
+            level_widths(base, cal)
         assert err.value.field == "calibration_width"
 
 
@@ -186,9 +186,9 @@ def test_a_diverged_seed_makes_a_point_worse_than_any_finite_loss(bad):
     ]
     opt = find_optimum(grid, obs)
     assert opt.grid_point == mid and opt.method == "grid"  # no finite neighbours to fit
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(NoOptimumError) as err:
         find_optimum(grid, [Observation(p, 0, bad) for p in (low, mid, high)])
-    assert err.value.field == "axes"
+    assert (err.value.level, err.value.width) == (0, 32)
 
 
 @settings(max_examples=80, deadline=None)
@@ -295,11 +295,13 @@ def test_widening_gives_up_after_max_widenings_and_says_so():
     result = simulate([LR, STD], [32], _bowl(5.0), max_widenings=1)
     level0 = result.levels[0]
     assert level0.grid.counts == (6, 5) and level0.optimum.on_edge["lr"] == "high"
-    assert any("still on the high edge" in n and "extend axes.lr.high" in n for n in level0.notes)
+    assert any("still on the high edge" in n and "axes.lr.high further out or a larger max_widenings" in n
+               for n in level0.notes)
+    assert not level0.bracketed and level0.unbracketed == {"lr": "high"}
 
 
 def test_driver_protocol_yields_only_new_points():
-    gen = telescope([LR], [32, 64, 128], min_points=3, max_widenings=1)
+    gen = telescoping_steps([LR], [32, 64, 128], min_points=3, max_widenings=1)
     step = next(gen)
     assert step.level == 0 and len(step.points) == 5
     step = gen.send([Observation(p, 0, -p["lr"]) for p in step.points])  # optimum on the high edge
@@ -307,7 +309,7 @@ def test_driver_protocol_yields_only_new_points():
     step = gen.send([Observation(p, 0, -p["lr"]) for p in step.points])
     assert step.level == 1 and step.width == 64 and len(step.points) == 3
     with pytest.raises(ValueError):
-        next(telescope([LR], [32, 96]))
+        next(telescoping_steps([LR], [32, 96]))
 
 
 def _drift_loss(truth_inf, alpha, curvature):
@@ -329,7 +331,7 @@ def _drift_loss(truth_inf, alpha, curvature):
 )
 def test_telescoping_tracks_a_drifting_optimum(lr_inf, std_inf, alpha_lr, alpha_std, curvature):
     truth_inf, alpha = np.array([lr_inf, std_inf]), np.array([alpha_lr, alpha_std])
-    widths = levels(32, 256)
+    widths = level_widths(32, 256)
     result = simulate([LR, STD], widths, _drift_loss(truth_inf, alpha, curvature), min_points=3)
     truth = truth_inf - alpha / widths[-1]
 
@@ -339,4 +341,6 @@ def test_telescoping_tracks_a_drifting_optimum(lr_inf, std_inf, alpha_lr, alpha_
     final_spacing = np.array([result.levels[-1].grid.spacing(n) for n in ("lr", "init_std")])
     assert (error(result.optimum) <= final_spacing).all()  # within one grid cell of the truth
     assert np.linalg.norm(error(result.optimum)) < np.linalg.norm(error(result.levels[0].optimum))
-    assert [lv.grid.counts for lv in result.levels[1:]] == [(3, 3)] * 3  # level 0 may have widened
+    # the planned 3x3 at every later level, plus any rings that followed the drift
+    assert [tuple(g.count - g.rings for g in lv.grid.axes) for lv in result.levels[1:]] == [(3, 3)] * 3
+    assert all(lv.bracketed for lv in result.levels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import ray
 from ray import cloudpickle
 
-from cluster_helpers import max_overlap
+from tests.cluster_helpers import max_overlap
 from telescope.run.dispatch import Dispatcher, Job, Outcome, Resources
 from telescope.errors import ConfigError
 
@@ -242,9 +243,9 @@ def test_generator_can_wait_for_outcomes(dispatcher):
 
 
 def test_waiting_with_nothing_running_is_an_error(dispatcher):
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ValueError, match=r"^jobs: ") as err:  # the generator's bug, not the user's
         dispatcher.run(iter([None]), lambda o: None)
-    assert err.value.field == "jobs"
+    assert not isinstance(err.value, ConfigError)
 
 
 def test_outcome_says_where_it_ran(dispatcher):
@@ -333,9 +334,9 @@ def test_interrupt_cancels_running_jobs(tmp_path):
 
 def test_duplicate_running_key_is_rejected(dispatcher):
     jobs = [Job("same", sleep_for, 0.2), Job("same", sleep_for, 0.2)]
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ValueError, match=r"^job\.key: ") as err:
         run_all(dispatcher, jobs)
-    assert err.value.field == "job.key"
+    assert not isinstance(err.value, ConfigError)
 
 
 def test_capacity_counts_slots_per_node(dispatcher):
@@ -376,24 +377,24 @@ def test_good_resources():
 
 
 @pytest.mark.parametrize(
-    "kwargs, field",
+    "kwargs, field, error",
     [
-        ({"key": ""}, "job.key"),
-        ({"fn": 3}, "job.fn"),
-        ({"time_limit_s": 0}, "job.time_limit_s"),
-        ({"resources": {"num_cpus": 1}}, "job.resources"),
+        ({"key": ""}, "job.key", ValueError),
+        ({"fn": 3}, "job.fn", TypeError),
+        ({"time_limit_s": 0}, "job.time_limit_s", ValueError),
+        ({"resources": {"num_cpus": 1}}, "job.resources", TypeError),
     ],
 )
-def test_bad_jobs(kwargs, field):
-    with pytest.raises(ConfigError) as err:
+def test_bad_jobs(kwargs, field, error):
+    # jobs come from code, not from a user: a bad one is a bug
+    with pytest.raises(error, match=rf"^{re.escape(field)}: ") as err:
         Job(**{"key": "k", "fn": sleep_for, **kwargs})
-    assert err.value.field == field
+    assert not isinstance(err.value, ConfigError)
 
 
 def test_bad_run_arguments(dispatcher):
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ValueError, match=r"^max_in_flight: ") as err:
         dispatcher.run([], lambda o: None, max_in_flight=0)
-    assert err.value.field == "max_in_flight"
-    with pytest.raises(ConfigError) as err:
+    assert not isinstance(err.value, ConfigError)
+    with pytest.raises(TypeError, match=r"^jobs: "):
         dispatcher.run(["not a job"], lambda o: None)
-    assert err.value.field == "jobs"

@@ -11,7 +11,7 @@ import torch
 
 from telescope.cli import main
 from telescope.core.contract import TrialConfig
-from telescope.train.data import load_corpus, unigram_entropy
+from telescope.core.corpus import load_corpus, unigram_entropy
 from telescope.errors import ConfigError
 from telescope.core.flops import matmul_params, training_flops
 from telescope.train.trial import run_trial

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A real multi-node Ray cluster on one machine, on loopback only, with token auth on.
 
 A head node and N worker nodes, each started by its own ``ray start`` and so each with its own
@@ -9,12 +8,12 @@ loss of a machine in the middle of a sweep.
 
 Command line (run it with the project's Python, e.g. ``.venv/bin/python``)::
 
-    python cluster/local_cluster.py start --workers 2 --cpus-per-node 1 --gpus-per-node 1
+    python -m telescope.run.local_cluster start --workers 2 --cpus-per-node 1 --gpus-per-node 1
     source /tmp/telescope-cluster/env.sh          # RAY_ADDRESS, token, loopback settings
     telescope run sweeps/demo.toml --out runs/demo --address "$RAY_ADDRESS"
-    python cluster/local_cluster.py status
-    python cluster/local_cluster.py kill-worker 0
-    python cluster/local_cluster.py stop
+    python -m telescope.run.local_cluster status
+    python -m telescope.run.local_cluster kill-worker 0
+    python -m telescope.run.local_cluster stop
 
 Python API::
 

@@ -10,8 +10,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from sweep_helpers import ROOT
-from test_report import real_sweep_dir
+from tests.sweep_helpers import ROOT
 from telescope.state import sweep_state
 from telescope.spec.plan import plan
 
@@ -29,10 +28,10 @@ def test_the_stored_notebook_has_no_outputs_and_a_parameters_cell():
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory):
+def executed(tmp_path_factory, real_sweep):
     """The notebook run on the real sweep, through a kernel of this very interpreter (a
     kernelspec written for the test, so no user-level 'python3' kernel can stand in for it)."""
-    sweep = real_sweep_dir(tmp_path_factory)
+    sweep = real_sweep
     work = tmp_path_factory.mktemp("notebook")
     write_kernel_spec(work / "kernels" / KERNEL)
     km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(work / "kernels")]))

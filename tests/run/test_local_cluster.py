@@ -16,17 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from cluster_helpers import LISTEN, load_local_cluster, max_overlap, socket_inodes, tcp_sockets
+from tests.cluster_helpers import LISTEN, max_overlap, socket_inodes, tcp_sockets
+from telescope.run import local_cluster as lc
 
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="multi-node Ray: Linux only"),
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
-
-lc = load_local_cluster()
 
 # Faster node-death detection than Ray's default (~15 s), so the node-loss test stays short.
 FAST_HEALTH_CHECKS = {

@@ -7,14 +7,8 @@ import pytest
 import torch
 
 from telescope.core.contract import BUILTIN_CORPUS
-from telescope.train.data import (
-    Corpus,
-    load_corpus,
-    token_dtype,
-    train_batches,
-    unigram_entropy,
-    val_batches,
-)
+from telescope.core.corpus import Corpus, load_corpus, token_dtype, unigram_entropy
+from telescope.train.data import train_batches, val_batches
 from telescope.errors import ConfigError
 
 torch.set_num_threads(1)
@@ -51,7 +45,7 @@ def test_builtin_corpus_is_python_source(stdlib):
 
 
 def test_builtin_corpus_leaves_out_tests_and_third_party_code():
-    from telescope.train import data
+    from telescope.core import corpus as data
 
     names = list(data._stdlib_files())
     assert names == sorted(names) and "argparse.py" in names and "json/decoder.py" in names
@@ -63,7 +57,7 @@ def test_builtin_corpus_leaves_out_tests_and_third_party_code():
 def test_builtin_corpus_is_cached_and_fingerprint_stable(stdlib):
     assert load_corpus(BUILTIN_CORPUS) is stdlib
     assert len(stdlib.fingerprint) == 16
-    from telescope.train import data
+    from telescope.core import corpus as data
 
     data._load_corpus_cached.cache_clear()
     again = load_corpus(BUILTIN_CORPUS)
@@ -74,7 +68,7 @@ def test_builtin_corpus_is_cached_and_fingerprint_stable(stdlib):
 
 def test_builtin_split_is_by_file(stdlib):
     # every val file appears whole and only in val: its first 200 bytes are not in train
-    from telescope.train import data
+    from telescope.core import corpus as data
 
     files = data._stdlib_files()
     blobs = {rel: path.read_bytes() for rel, path in files.items()}
@@ -95,7 +89,7 @@ def test_builtin_unigram_entropy(stdlib):
 
 
 def test_builtin_loads_fast():
-    from telescope.train import data
+    from telescope.core import corpus as data
 
     data._load_corpus_cached.cache_clear()
     t = time.perf_counter()

@@ -8,7 +8,7 @@ from telescope.core.flops import training_flops
 from telescope.spec.plan import format_plan, plan
 from telescope.spec.sweep import load_spec, parse_spec
 
-SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 
 
 def paper_trial_flops(width):
@@ -54,3 +54,28 @@ def test_format_plan_reads_as_a_table():
     text = format_plan(plan(load_spec(SWEEPS / "paper.toml")))
     assert "8x8" in text and "107" in text and "up to 2 widening rings" in text
     assert "telescoping saves" in text and "target width 4096" in text
+
+
+def test_plan_prices_the_worst_case_of_rings_at_later_levels():
+    d = tomllib.loads((SWEEPS / "demo.toml").read_text())
+    d["seeds"] = 2
+    spec = parse_spec(d)
+    p = plan(spec)
+    assert spec.max_shifts == 2 and p.max_shifts == 2 and p.centre == "drift"
+    # each later 3x3 level may grow to 5x5: 16 more points, 2 seeds each, at that level's width
+    assert p.shift_trials_max == 2 * 16 * 2
+    per_trial = {lv.width: lv.flops_per_trial for lv in p.levels}
+    assert p.shift_flops_max == pytest.approx(32 * per_trial[64] + 32 * per_trial[128], rel=1e-12)
+    assert p.widening_trials_max == (7 * 7 - 25) * 2  # level 0 keeps max_widenings
+    text = format_plan(p)
+    assert "up to 2 rings at each later level" in text and "at most 64 more trials" in text
+    assert "centred on the fitted drift" in text
+    # the paper's rule adds none, and a sampler level never grows
+    d["max_shifts"] = 0
+    assert plan(parse_spec(d)).shift_trials_max == 0
+    d["max_shifts"], d["sampler"] = 1, ["grid", "tpe", "grid"]
+    p = plan(parse_spec(d))
+    assert p.shift_trials_max == (4 * 4 - 9) * 2
+    assert p.shift_flops_max == pytest.approx(14 * p.levels[2].flops_per_trial, rel=1e-12)
+    d["sampler"] = ["tpe", "grid", "grid"]
+    assert plan(parse_spec(d)).widening_trials_max == 0

@@ -29,20 +29,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cluster_helpers import ESTABLISHED, LISTEN, load_local_cluster, socket_inodes, tcp_sockets
-from sweep_helpers import ROOT, committed_parts, raw_trials, start_and_kill, telescope_cmd, write_spec
+from tests.cluster_helpers import ESTABLISHED, LISTEN, socket_inodes, tcp_sockets
+from tests.sweep_helpers import ROOT, committed_parts, raw_trials, start_and_kill, telescope_cmd, write_spec
 from telescope.state import sweep_state
 from telescope.store.ledger import Ledger
 from telescope.spec.plan import plan
 from telescope.spec.sweep import load_spec
+from telescope.run import local_cluster as lc
 
 pytestmark = [
     pytest.mark.cluster,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="multi-node Ray: Linux only"),
 ]
 
-
-lc = load_local_cluster()
 
 # Node death noticed in ~3 s instead of Ray's default ~15 s.
 FAST_HEALTH_CHECKS = {
@@ -84,7 +83,7 @@ def cluster_spec(tmp_path: Path, *, steps: int, num_cpus: float, num_gpus: float
     resources = "\n".join(line for line in (f"num_gpus = {num_gpus}" if num_gpus else "", extra) if line)
     path = write_spec(tmp_path, calibration_width=16 << (levels - 1), steps=steps, resources=resources)
     text = path.read_text().replace("num_cpus = 1\n", f"num_cpus = {num_cpus}\n")
-    text = text.replace("max_widenings = 1\n", "max_widenings = 0\n")
+    text = text.replace("max_widenings = 1\n", "max_widenings = 0\nmax_shifts = 0\n")
     if lr_only:  # one axis: `points` trials per level
         text = re.sub(r"\[axes\.init_std\][^\[]*", "", text)
         text = re.sub(r"(?m)^points = 3$", f"points = {points}", text)

@@ -9,7 +9,7 @@ from telescope.core.contract import TrialConfig
 from telescope.errors import ConfigError
 from telescope.spec.sweep import AXIS_BOUNDS, Resources, load_spec, parse_spec
 
-SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 
 
 def demo_dict():
@@ -247,3 +247,49 @@ def test_file_errors(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_spec(broken)
     assert err.value.field == str(broken) and "line 2" in err.value.message and "\n" not in str(err.value)
+
+
+def test_max_shifts_and_centre_default_to_the_rule_that_follows_the_drift():
+    d = demo_dict()
+    d.pop("max_shifts"), d.pop("centre")
+    spec = parse_spec(d)
+    assert spec.max_shifts == 2 and spec.centre == "drift"
+    d["max_shifts"], d["centre"] = 0, "previous"
+    spec = parse_spec(d)
+    assert spec.max_shifts == 0 and spec.centre == "previous"
+    assert parse_spec(tomllib.loads(spec.to_toml())) == spec
+
+
+@pytest.mark.parametrize("key, value", [("max_shifts", -1), ("max_shifts", 1.5), ("centre", "middle"),
+                                        ("centre", 1)])
+def test_bad_rule_settings_name_the_field(key, value):
+    d = demo_dict()
+    d[key] = value
+    with pytest.raises(ConfigError) as err:
+        parse_spec(d)
+    assert err.value.field == key and "\n" not in str(err.value)
+    if key == "centre":
+        assert '"drift"' in err.value.message and '"previous"' in err.value.message
+
+
+def test_the_papers_rule_keeps_the_fingerprint_it_had_before_the_new_settings():
+    # Fingerprints computed by the code before max_shifts, centre and the spectral default existed.
+    assert load_spec(SWEEPS / "paper.toml").fingerprint() == "99e0e2596e662978"
+    d = demo_dict()
+    d.pop("max_shifts"), d.pop("centre")
+    d["training"]["hidden_lr_rule"] = "adam-mup"
+    legacy = copy.deepcopy(d)
+    legacy |= {"max_shifts": 0, "centre": "previous"}
+    assert parse_spec(legacy).fingerprint() == "db48266d6e94b840"
+    # the new defaults change what the sweep runs, so they change the fingerprint
+    assert parse_spec(d).fingerprint() != "db48266d6e94b840"
+    assert parse_spec(legacy | {"max_shifts": 1}).fingerprint() != "db48266d6e94b840"
+    assert parse_spec(legacy | {"centre": "drift"}).fingerprint() != "db48266d6e94b840"
+
+
+def test_muon_defaults_to_the_spectral_hidden_lr_rule():
+    assert TrialConfig().hidden_lr_rule == "spectral"
+    d = demo_dict()
+    d["training"].pop("hidden_lr_rule")
+    assert parse_spec(d).fixed.hidden_lr_rule == "spectral"
+    assert load_spec(SWEEPS / "paper.toml").fixed.hidden_lr_rule == "adam-mup"

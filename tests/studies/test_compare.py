@@ -4,26 +4,27 @@ real tiny study through the CLI (killed part-way, resumed, then re-run as a no-o
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 import math
 import subprocess
-import sys
 import tomllib
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import ray
 from matplotlib.image import imread
 
 import telescope.cli
-from sweep_helpers import ROOT, kill_after, raw_trials, telescope_cmd
-from telescope.studies.compare import (
-    FIGURES, RESULT_FILE, auto_target, crossing, format_table, load_compare, load_compare_spec, mean_curve, pareto_front,
-    parse_compare_spec, ratio_range, ratio_trend, time_to_target, token_ratio, weakly_dominated,
-)
+from tests.sweep_helpers import ROOT, kill_after, raw_trials, telescope_cmd
 from telescope.errors import ConfigError
 from telescope.read.report import compare_section
 from telescope.store.ledger import Ledger
+from telescope.studies.compare.analysis import (
+    auto_target, crossing, mean_curve, pareto_front, ratio_range, ratio_trend, time_to_target, token_ratio,
+    weakly_dominated,
+)
+from telescope.studies.compare.figures import FIGURES
+from telescope.studies.compare.results import RESULT_FILE, format_table, load_compare
+from telescope.studies.compare.spec import load_compare_spec, parse_compare_spec
 
 # ---------------------------------------------------------------------------- the maths
 

@@ -1,0 +1,155 @@
+"""Rings through the real ledger: replay and resume across a ring, and the `bracketed` flag in
+status, export (its warnings) and the report's numbers.
+
+The trials here are a Python loss landscape written through the real ledger (real Parquet, real
+sweep directory, the real replay): the rule cannot tell them from trained models, and a landscape
+is the only way to put the optimum exactly where a ring must follow it. A real-Ray sweep that
+grows a ring is in tests/run/test_sweep.py.
+"""
+
+import json
+import math
+
+from telescope.core.contract import TrialResult
+from telescope.read.export import export
+from telescope.read.report.numbers import level_summaries, point_losses
+from telescope.read.status import format_status, sweep_status
+from telescope.spec.sweep import load_spec
+from telescope.state import ledger_rows, point_id, replay, sweep_state
+from telescope.store.directory import open_sweep_dir
+from telescope.store.ledger import Ledger
+from telescope.store.records import trial_record
+from tests.sweep_helpers import run_cli, write_spec
+
+PAPERS_RULE = 'max_shifts = 0\ncentre = "previous"'
+
+
+def drift_loss(point, width):
+    """The optimum's lr drifts up with width far faster than the tiny spec's 3x3 grids follow."""
+    a = math.log(point["lr"]) - (math.log(0.1) - 20 / width)
+    b = math.log(point["init_std"] / 0.02)
+    return 2.0 + a * a + b * b
+
+
+def record(ledger, trials):
+    records = []
+    for t in trials:
+        loss = drift_loss(t.point, t.config.width)
+        result = TrialResult(status="completed", final_loss=loss, final_train_loss=loss, tokens=1, flops=1.0,
+                             wall_time_s=0.0, device="cpu", steps_done=1, n_params=1)
+        records.append(trial_record(t.trial_id, result, axes=t.point, columns={
+            "level": t.level, "width": t.config.width, "seed": t.seed, "point_id": point_id(t.level, t.point)}))
+    ledger.append(records)
+
+
+def drive(out, spec_path, *, budget=None):
+    """What the controller does, with the landscape as the trainable: replay, record what the
+    pending step misses, repeat; stop after `budget` trials (a kill)."""
+    spec = load_spec(spec_path)
+    ledger = open_sweep_dir(out, spec_path.read_text(), spec.fingerprint(), spec.name)
+    done = 0
+    while True:
+        state = replay(spec, ledger_rows(ledger))
+        if state.pending is None:
+            return state
+        missing = state.pending.missing
+        if budget is not None:
+            missing = missing[: budget - done]
+            if not missing:
+                return state
+        record(ledger, missing)
+        done += len(missing)
+
+
+def test_replay_and_resume_across_a_ring(tmp_path):
+    spec_path = write_spec(tmp_path, calibration_width=64)
+    whole = drive(tmp_path / "whole", spec_path)
+    assert whole.complete and all(lv.bracketed for lv in whole.levels)
+    ringed = [lv for lv in whole.levels[1:] if lv.grid.widened]
+    assert ringed, "the landscape's drift must make a later level grow a ring"
+    level = ringed[0].level
+    plain = 9  # the 3x3 grid before its ring
+    before = sum(len(lv.grid.points()) for lv in whole.levels[:level])
+
+    # killed in the middle of the ring: the replay stops at the ring step, asking only for its rest
+    out = tmp_path / "killed"
+    killed = drive(out, spec_path, budget=before + plain + 2)
+    pending = killed.pending
+    assert len(killed.levels) == level and pending.level == level
+    assert pending.step.grid.widened == 1 and len(pending.recorded) == 2
+    assert len(pending.recorded) + len(pending.missing) == len(pending.step.points)
+    assert len(pending.step.points) == pending.step.grid.n_points - plain
+    recorded_before = Ledger(out).trials().set_index("trial_id")
+
+    resumed = drive(out, spec_path)  # resume: the same replay, finishing what is missing
+    assert resumed.complete
+    rows = Ledger(out).trials().set_index("trial_id")
+    assert set(rows.index) == set(Ledger(tmp_path / "whole").trials()["trial_id"])
+    assert len(rows) == sum(lv.grid.n_points for lv in resumed.levels)  # no point ran twice
+    for tid in recorded_before.index:  # the killed run's rows stand as they were
+        assert rows.loc[tid, "finished_at"] == recorded_before.loc[tid, "finished_at"]
+    for a, b in zip(whole.levels, resumed.levels):
+        assert a.grid == b.grid and dict(a.optimum.point) == dict(b.optimum.point)
+
+
+def test_status_and_export_say_whether_each_optimum_is_bracketed(tmp_path):
+    spec_path = write_spec(tmp_path, "paper.toml", calibration_width=64, rule=PAPERS_RULE)
+    out = tmp_path / "paper"
+    state = drive(out, spec_path)
+    assert state.complete and not state.levels[-1].bracketed
+
+    status = sweep_status(out)
+    assert [lv["bracketed"] for lv in status["levels"]][1:] == [False, False]
+    assert status["levels"][-1]["on_edge"] == {"lr": "high"}
+    assert json.loads(json.dumps(status))["levels"][0]["bracketed"] in (True, False)
+    assert "NOT bracketed: lr on the high edge" in format_status(status)
+
+    doc = export(out)
+    assert doc["complete"] and doc["provenance"]["bracketed"] is False
+    assert [lv["bracketed"] for lv in doc["levels"]][1:] == [False, False]
+    (warning,) = doc["warnings"]
+    assert warning.startswith("lr = ") and "not bracketed" in warning and "level-2 grid (width 64)" in warning
+    assert 'a larger max_shifts (now 0) or centre = "drift"' in warning and "axes.lr.high" not in warning
+
+    # the CLI says it on stderr, one line, and keeps stdout the document
+    result = run_cli("export", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"warning: {warning}"]
+    assert json.loads(result.stdout)["warnings"] == [warning]
+
+    summaries = level_summaries(*_report_inputs(out))
+    assert [s.bracketed for s in summaries][1:] == [False, False]
+
+
+def test_the_default_rule_brackets_and_exports_without_warnings(tmp_path):
+    spec_path = write_spec(tmp_path, calibration_width=64)
+    out = tmp_path / "new"
+    state = drive(out, spec_path)
+    assert all(lv.bracketed for lv in state.levels)
+    status = sweep_status(out)
+    assert all(lv["bracketed"] is True for lv in status["levels"])
+    assert all(lv["rings"] >= 0 for lv in status["levels"]) and any(lv["rings"] for lv in status["levels"][1:])
+    text = format_status(status)
+    assert "NOT bracketed" not in text and text.count("bracketed") == 3
+    doc = export(out)
+    assert "warnings" not in doc and doc["provenance"]["bracketed"] is True
+    summaries = level_summaries(*_report_inputs(out))
+    assert [s.bracketed for s in summaries] == [True, True, True]
+
+
+def test_an_unfinished_level_has_no_bracketed_verdict_yet(tmp_path):
+    spec_path = write_spec(tmp_path, calibration_width=64)
+    out = tmp_path / "partial"
+    drive(out, spec_path, budget=12)
+    status = sweep_status(out)
+    assert status["levels"][0]["state"] == "done" and isinstance(status["levels"][0]["bracketed"], bool)
+    assert [lv["bracketed"] for lv in status["levels"][1:]] == [None, None]
+
+
+def _report_inputs(out):
+    spec, ledger, state = sweep_state(out)
+    trials = ledger.trials()
+    return spec, state, trials, point_losses(trials, spec.axis_names)
+
+

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from telescope.spec.plan import Plan, plan
 from telescope.spec.preflight import preflight
-from telescope.spec.sweep import SweepSpec, load_spec
+from telescope.spec.sweep import SweepSpec, load_recorded_spec, load_spec
 from telescope.state import SweepState, sweep_state
 from telescope.store.directory import SPEC_FILE, check_sweep_dir, load_sweep_dir
 
@@ -58,8 +58,8 @@ class Sweep:
     @classmethod
     def open(cls, directory: str | Path) -> "Sweep":
         """An existing sweep directory, from its spec copy alone."""
-        _, text, _ = load_sweep_dir(directory)
-        return cls(directory, load_spec(Path(directory) / SPEC_FILE), text)
+        _, text, meta = load_sweep_dir(directory)
+        return cls(directory, load_recorded_spec(Path(directory) / SPEC_FILE, meta["spec_fingerprint"]), text)
 
     # -- running (Ray and torch are imported by these verbs only)
 

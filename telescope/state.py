@@ -7,6 +7,9 @@ derived this way, so the controller (which then runs the missing trials), `statu
 can never disagree, and resuming after a crash is just replaying again.
 
 Grid levels: a step's trials are its points x the spec's seeds, each with a deterministic id.
+A ring (widening at level 0, `max_shifts` rings at later levels) is one more step of the same
+level whose points are only the new ones, so a replay stopped inside a ring asks for just its
+missing trials and the old points' results are reused as they are.
 Sampler levels (Optuna): a step asks for len(step.points) points inside the level's box; the
 level is complete when that many *distinct* points (by value, whatever Optuna trial numbers they
 came under) have a row for every seed. Counting distinct points from the ledger, never the
@@ -28,7 +31,7 @@ from typing import Any
 from telescope.core.contract import TrialConfig, trial_id
 from telescope.core.numbers import round_sig
 from telescope.errors import NoOptimumError
-from telescope.spec.sweep import SweepSpec, load_spec
+from telescope.spec.sweep import SweepSpec, load_recorded_spec
 from telescope.store.directory import SPEC_FILE, load_sweep_dir
 from telescope.store.ledger import Ledger
 from telescope.core.rule import LevelResult, Observation, Step, telescoping_steps
@@ -184,8 +187,8 @@ def _with_causes(err: NoOptimumError, level_rows: list[Mapping[str, Any]]) -> No
 
 def sweep_state(out: str | Path) -> tuple[SweepSpec, Ledger, SweepState]:
     """Read-only view of a sweep directory, for status, export and reports (no lock needed)."""
-    ledger, _, _ = load_sweep_dir(out)
-    spec = load_spec(Path(out) / SPEC_FILE)
+    ledger, _, meta = load_sweep_dir(out)
+    spec = load_recorded_spec(Path(out) / SPEC_FILE, meta["spec_fingerprint"])
     return spec, ledger, replay(spec, ledger_rows(ledger))
 
 

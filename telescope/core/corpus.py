@@ -76,7 +76,7 @@ def _load_corpus_cached(data: str, vocab_size: int | None, val_frac: float) -> C
     if data.startswith("builtin:"):
         if data != BUILTIN_CORPUS:
             raise ConfigError("data", f"unknown builtin corpus {data!r}; the only one is {BUILTIN_CORPUS!r}")
-        return _text_corpus(data, _stdlib_files(), vocab_size, val_frac, check_utf8=False)
+        return _text_corpus(data, stdlib_files(), vocab_size, val_frac, check_utf8=False)
     path = Path(data)
     if glob.has_magic(data):
         return _text_corpus(data, _glob_files(data), vocab_size, val_frac)
@@ -94,7 +94,7 @@ def _load_corpus_cached(data: str, vocab_size: int | None, val_frac: float) -> C
 # ---------------------------------------------------------------------------- byte-level text
 
 
-def _stdlib_files() -> dict[str, Path]:
+def stdlib_files() -> dict[str, Path]:
     """The builtin corpus: relative posix path -> file, sorted, whole files up to the size cap."""
     root = Path(sysconfig.get_paths()["stdlib"])
     found = {}
@@ -173,7 +173,7 @@ def _text_corpus(
     total = sum(len(b) for b in blobs.values())
     if total == 0:
         raise ConfigError("data", f"{name}: every file is empty; add text to it or {HINT}")
-    val_names = _val_files(blobs, val_frac)
+    val_names = val_files(blobs, val_frac)
     if val_names:
         train = b"".join(b for rel, b in blobs.items() if rel not in val_names)
         val = b"".join(b for rel, b in blobs.items() if rel in val_names)
@@ -184,7 +184,7 @@ def _text_corpus(
     return _corpus(name, vocab_size, np.frombuffer(train, np.uint8), np.frombuffer(val, np.uint8))
 
 
-def _val_files(blobs: dict[str, bytes], val_frac: float) -> set[str]:
+def val_files(blobs: dict[str, bytes], val_frac: float) -> set[str]:
     """Files ranked by a hash of their name go to val until it holds ~val_frac of the bytes.
 
     A file that would push val past twice its share is skipped, so one big file cannot swallow

@@ -23,7 +23,7 @@ from telescope.store.lock import SweepLock
 from telescope.run.progress import Progress
 from telescope.state import PendingStep, PlannedTrial, SweepState, ledger_rows, point_id, replay, row_loss
 from telescope.run.levels import LevelSampler, level_sampler
-from telescope.spec.sweep import SweepSpec, load_spec
+from telescope.spec.sweep import SweepSpec, load_recorded_spec, load_spec
 from telescope.train.trial import run_trial
 
 
@@ -53,9 +53,10 @@ def resume_sweep(out: str | Path, *, address: str | None = None, num_cpus: int |
     progress = progress or Progress()
     load_sweep_dir(out)  # refuse a directory that is not a sweep before the lock creates anything
     with SweepLock(out):
-        ledger, _, _ = load_sweep_dir(out)
+        ledger, _, meta = load_sweep_dir(out)
         _set_aside_damaged(ledger, progress)
-        return _drive(load_spec(out / SPEC_FILE), ledger, out, address, num_cpus, progress)
+        spec = load_recorded_spec(out / SPEC_FILE, meta["spec_fingerprint"])  # the rule that recorded it
+        return _drive(spec, ledger, out, address, num_cpus, progress)
 
 
 def _set_aside_damaged(ledger: Ledger, progress: Progress) -> None:

@@ -114,14 +114,15 @@ def _proc_stat(pid: int) -> tuple[str, str, int, int, int] | None:
     return comm, rest[0], int(rest[1]), int(rest[2]), int(rest[19])
 
 
-def _cmdline(pid: int) -> list[str]:
+def cmdline(pid: int) -> list[str]:
+    """A process's argv from /proc ([] once it has gone)."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return []
 
 
-def _live_table() -> dict[int, tuple[str, str, int, int, int]]:
+def live_table() -> dict[int, tuple[str, str, int, int, int]]:
     """All live (non-zombie) processes: pid -> (comm, state, ppid, pgid, start time)."""
     table = {}
     for d in os.listdir("/proc"):
@@ -153,7 +154,7 @@ def node_processes(pgid: int) -> set[int]:
     (The raylet puts each task worker in a process group of its own, so the group alone
     misses them.)
     """
-    table = _live_table()
+    table = live_table()
     members = {pid for pid, st in table.items() if st[3] == pgid}
     children: dict[int, list[int]] = {}
     for pid, st in table.items():
@@ -172,8 +173,8 @@ def raylets_under(directory: Path | str) -> list[int]:
     directory = str(directory)
     return [
         pid
-        for pid, st in _live_table().items()
-        if st[0] == "raylet" and any(directory in arg for arg in _cmdline(pid))
+        for pid, st in live_table().items()
+        if st[0] == "raylet" and any(directory in arg for arg in cmdline(pid))
     ]
 
 
@@ -439,9 +440,9 @@ class LocalCluster:
     def _find_raylet(self, pgid: int) -> tuple[int, str]:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            for pid, st in _live_table().items():
+            for pid, st in live_table().items():
                 if st[3] == pgid and st[0] == "raylet":
-                    for arg in _cmdline(pid):
+                    for arg in cmdline(pid):
                         if arg.startswith("--node_id="):
                             return pid, arg.split("=", 1)[1]
             time.sleep(0.1)

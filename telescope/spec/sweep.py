@@ -167,6 +167,25 @@ def load_spec(path: str | Path) -> SweepSpec:
     return parse_spec(read_toml(path, "sweep spec", "sweeps/demo.toml, sweeps/paper.toml"))
 
 
+def load_recorded_spec(path: str | Path, fingerprint: str) -> SweepSpec:
+    """A sweep directory's spec copy, read as the rule that recorded its ledger.
+
+    A spec written before `max_shifts`, `centre` and the spectral hidden-lr default existed says
+    nothing about them; read with today's defaults it would replay another rule against its
+    ledger. If the copy's fingerprint is not the directory's `fingerprint` but the copy with the
+    earlier defaults filled in matches it, that is the spec returned; otherwise the copy as it
+    reads (and the caller's fingerprint check says what is wrong)."""
+    data = read_toml(path, "sweep spec", "sweeps/demo.toml, sweeps/paper.toml")
+    spec = parse_spec(data)
+    if spec.fingerprint() == fingerprint:
+        return spec
+    earlier = {**LEGACY_RULE, **data}
+    if isinstance(data.get("training"), Mapping):
+        earlier["training"] = {"hidden_lr_rule": "adam-mup", **data["training"]}
+    legacy = parse_spec(earlier)
+    return legacy if legacy.fingerprint() == fingerprint else spec
+
+
 def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
     """Validate a spec given as a dict (the TOML layout) into a SweepSpec."""
     if not isinstance(data, Mapping):

@@ -47,7 +47,7 @@ def test_builtin_corpus_is_python_source(stdlib):
 def test_builtin_corpus_leaves_out_tests_and_third_party_code():
     from telescope.core import corpus as data
 
-    names = list(data._stdlib_files())
+    names = list(data.stdlib_files())
     assert names == sorted(names) and "argparse.py" in names and "json/decoder.py" in names
     parts = {part for name in names for part in name.split("/")[:-1]}
     assert not parts & {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
@@ -70,9 +70,9 @@ def test_builtin_split_is_by_file(stdlib):
     # every val file appears whole and only in val: its first 200 bytes are not in train
     from telescope.core import corpus as data
 
-    files = data._stdlib_files()
+    files = data.stdlib_files()
     blobs = {rel: path.read_bytes() for rel, path in files.items()}
-    val_names = data._val_files(blobs, 0.05)
+    val_names = data.val_files(blobs, 0.05)
     assert val_names and len(val_names) < len(files)
     val_bytes, train_bytes = stdlib.val.tobytes(), stdlib.train.tobytes()
     assert len(val_bytes) == sum(len(blobs[r]) for r in val_names)

@@ -116,7 +116,7 @@ def ledger_node(cluster, row) -> str:
 
 def running_trials(cluster) -> dict[str, dict[str, int]]:
     """Node name -> {trial id: pid} of the trials running on it now, read from /proc."""
-    table = lc._live_table()
+    table = lc.live_table()
     children: dict[int, list[int]] = {}
     for pid, st in table.items():
         children.setdefault(st[2], []).append(pid)
@@ -134,7 +134,7 @@ def running_trials(cluster) -> dict[str, dict[str, int]]:
         trials = {}
         for pid in members:
             if table[pid][0].startswith("ray::"):  # comm: the title, cut to 15 characters
-                argv = lc._cmdline(pid)
+                argv = lc.cmdline(pid)
                 m = TRIAL_TITLE.match(argv[0]) if argv else None
                 if m:
                     trials[m.group(1)] = pid
@@ -199,7 +199,7 @@ def reported_start(cluster, pids: dict[str, int]) -> set[str]:
     calls no other actor), so a retry of it will count as attempt 2.
     """
     log_pids = [pid for n in cluster.nodes if not n.killed for pid in lc.node_processes(n.pgid)
-                if (lc._cmdline(pid) or [""])[0].startswith("ray::_StartLog")]
+                if (lc.cmdline(pid) or [""])[0].startswith("ray::_StartLog")]
     tcp = tcp_sockets()
     listening = {tcp[i].local_port for pid in log_pids for i in socket_inodes(pid)
                  if i in tcp and tcp[i].state == LISTEN}

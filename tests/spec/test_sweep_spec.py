@@ -4,6 +4,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from telescope.core.contract import TrialConfig
 from telescope.errors import ConfigError
@@ -293,3 +294,21 @@ def test_muon_defaults_to_the_spectral_hidden_lr_rule():
     d["training"].pop("hidden_lr_rule")
     assert parse_spec(d).fixed.hidden_lr_rule == "spectral"
     assert load_spec(SWEEPS / "paper.toml").fixed.hidden_lr_rule == "adam-mup"
+
+
+def test_a_spec_copy_from_before_the_new_settings_is_read_as_the_rule_that_recorded_it(tmp_path):
+    from telescope.spec.sweep import load_recorded_spec
+
+    d = demo_dict()
+    d.pop("max_shifts"), d.pop("centre"), d["training"].pop("hidden_lr_rule")
+    old = tmp_path / "spec.toml"
+    old.write_text(tomli_w.dumps(d))
+    # what the directory's sweep.json holds: the fingerprint the earlier code gave this text
+    recorded = parse_spec(d | {"max_shifts": 0, "centre": "previous",
+                               "training": d["training"] | {"hidden_lr_rule": "adam-mup"}}).fingerprint()
+    spec = load_recorded_spec(old, recorded)
+    assert (spec.max_shifts, spec.centre, spec.fixed.hidden_lr_rule) == (0, "previous", "adam-mup")
+    assert spec.fingerprint() == recorded
+    # a directory made today: the copy is read as it is
+    today = load_recorded_spec(old, parse_spec(d).fingerprint())
+    assert (today.max_shifts, today.centre, today.fixed.hidden_lr_rule) == (2, "drift", "spectral")

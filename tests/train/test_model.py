@@ -15,7 +15,8 @@ from telescope.core.scaling import GROUPS, scaling_for
 
 VOCAB = 256
 # small but big enough that an empirical std over a weight matrix is within a few percent
-BASE = dict(base_width=32, head_dim=32, depth=2, seq_len=32, lr=0.01, init_std=0.02, weight_decay=0.1)
+BASE = dict(base_width=32, head_dim=32, depth=2, seq_len=32, lr=0.01, init_std=0.02, weight_decay=0.1,
+            hidden_lr_rule="adam-mup")  # the paper's rule, lr/m; the spectral default is tested against it
 
 
 def cfg_at(width: int, **changes) -> TrialConfig:

@@ -266,7 +266,7 @@ def test_trials_past_the_time_limit_are_cancelled_on_their_node_and_recorded_as_
     out = tmp_path / "out"
     with Watch(cluster) as watch:
         result = telescope_on(cluster, "run", str(spec), "--out", str(out))
-    assert result.returncode == 2, result.stdout + result.stderr[-3000:]
+    assert result.returncode == 3, result.stdout + result.stderr[-3000:]  # stopped, not bad input
     assert "every trial at level 0" in result.stderr and "Traceback" not in result.stderr
 
     trials = assert_one_row_per_trial(out)

@@ -552,6 +552,12 @@ class Dispatcher:
                         on_outcome(outcome)
                         waiting = False
         except BaseException as err:
+            # Force-cancel only what is still running: cancelling a task that is finishing at
+            # that moment can trip a fatal check inside Ray's task manager.
+            with contextlib.suppress(Exception):
+                done, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+                for ref in done:
+                    running.pop(ref)
             for ref in running:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)

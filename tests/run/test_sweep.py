@@ -25,12 +25,16 @@ from telescope.store.ledger import Ledger
 from telescope.run.progress import Progress
 from telescope.spec.sweep import load_spec
 
+PAPER_RULE = 'max_shifts = 0\ncentre = "previous"'
+
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """One uninterrupted 3-level sweep (16 -> 32 -> 64), the yardstick for resume."""
+    """One uninterrupted 3-level sweep (16 -> 32 -> 64) under the paper's rule (no rings after
+    level 0, each grid centred on the last optimum), the yardstick for resume. Rings and drift
+    centring have their own tests (tests/core/test_rings.py, tests/run/test_rings.py)."""
     tmp = tmp_path_factory.mktemp("reference")
-    spec = write_spec(tmp, calibration_width=64)
+    spec = write_spec(tmp, calibration_width=64, rule=PAPER_RULE)
     out = tmp / "out"
     result = run_cli("run", str(spec), "--out", str(out), "--num-cpus", "2")
     assert result.returncode == 0, result.stderr

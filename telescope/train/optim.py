@@ -16,19 +16,11 @@ import torch.nn as nn
 
 from telescope.core.contract import TrialConfig
 from telescope.train.model import param_role
+from telescope.core.optimizers import ADAMW_BETAS, ADAMW_EPS, MUON_SETTINGS
 from telescope.core.scaling import GROUPS, scaling_for
 
-ADAMW_BETAS = (0.95, 0.95)
-ADAMW_EPS = 1e-8
-MUON_KWARGS = dict(
-    momentum=0.95,
-    nesterov=True,
-    ns_steps=5,
-    ns_coefficients=(3.4445, -4.775, 2.0315),
-    eps=1e-7,
-    # update scaled by 0.2*sqrt(max(fan_in, fan_out)) to match AdamW's RMS (Moonlight's rule)
-    adjust_lr_fn="match_rms_adamw",
-)
+# Muon's settings as a plain dict of torch.optim.Muon keyword arguments
+MUON_KWARGS = dict(MUON_SETTINGS)
 
 
 class Muon(torch.optim.Muon):

@@ -30,7 +30,9 @@ times the calibration level's spacing, in log space), all with the same seed. `f
 sweep's own quadratic refinement) locates the optimum of that grid.
 
 FLOPs are model FLOPs (telescope.core.flops) actually spent by the tuning method: the whole ledger
-for telescoping, level 0 for plain muP, the grid for brute force. Evaluation runs are not counted.
+for telescoping, level 0 for plain muP, the grid for brute force; NS FLOPs are Muon's Newton-Schulz
+FLOPs next to them (per step, so their share grows with width), and FLOPs/bf compares the two
+summed. Evaluation runs are not counted.
 Writes bench/results/transfer.csv (summary) and bench/results/transfer_trials.csv (every run
 the bench made outside the sweeps; the sweeps' own rows are in their ledgers under
 bench/results/transfer/<rule>/sweep).
@@ -142,8 +144,10 @@ class Runs:
     def losses(self, spec: SweepSpec, width: int, point: Mapping[str, float], seeds: Sequence[int]) -> list[float]:
         return [self.loss(spec.trial_config(width, point, s)) for s in seeds]
 
-    def flops(self, role: str) -> float:
-        return sum(r["result"].flops for r in self.rows.values() if r["role"] == role and r["result"])
+    def flops(self, role: str) -> tuple[float, float]:
+        """Model and Newton-Schulz FLOPs the runs of `role` spent."""
+        done = [r["result"] for r in self.rows.values() if r["role"] == role and r["result"]]
+        return sum(res.flops for res in done), sum(res.optimizer_flops for res in done)
 
     def csv_rows(self) -> list[dict[str, Any]]:
         out = []
@@ -152,7 +156,8 @@ class Runs:
             out.append({"rule": self.rule, "role": r["role"], "width": cfg.width, "lr": cfg.lr,
                         "init_std": cfg.init_std, "seed": cfg.seed,
                         "status": res.status if res else "failed", "final_loss": loss_of(res),
-                        "flops": res.flops if res else 0.0, "wall_s": res.wall_time_s if res else math.nan})
+                        "flops": res.flops if res else 0.0, "ns_flops": res.optimizer_flops if res else 0.0,
+                        "wall_s": res.wall_time_s if res else math.nan})
         return out
 
 
@@ -186,9 +191,12 @@ def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispa
     sweep_s = time.perf_counter() - t0
     _, ledger, state = sweep_state(sweep_dir)
     rows = ledger.trials()
-    tele_flops, tele_trials = float(rows["flops"].sum()), len(rows)
+    def spent(trials: Any) -> tuple[float, float]:  # a reused ledger's older rows lack NS FLOPs (null)
+        return float(trials["flops"].sum()), float(trials["optimizer_flops"].fillna(0.0).sum())
+
+    tele_flops, tele_trials = spent(rows), len(rows)
     level0 = rows[rows["level"] == 0]
-    mup_flops, mup_trials = float(level0["flops"].sum()), len(level0)
+    mup_flops, mup_trials = spent(level0), len(level0)
     names = spec.axis_names
     tele_pick = {n: float(v) for n, v in export(sweep_dir, width=cal)["hyperparameters"].items()}
     mup_pick = {n: float(v) for n, v in state.levels[0].optimum.point.items()}
@@ -249,8 +257,8 @@ def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispa
         paired = [a - b for a, b in zip(evals[method], evals["brute force"])]
         delta = mean - bf_mean
         methods.append({
-            "rule": rule, "method": method, "trials": n_trials, "flops": flops,
-            "flops_vs_bf": flops / bf_flops if bf_flops else math.nan,
+            "rule": rule, "method": method, "trials": n_trials, "flops": flops[0], "ns_flops": flops[1],
+            "flops_vs_bf": sum(flops) / sum(bf_flops) if sum(bf_flops) else math.nan,
             **{n: pick[n] for n in names},
             "loss_mean": mean, "loss_std": std, "delta_vs_bf": delta,
             "paired_se": (statistics.stdev(paired) / math.sqrt(len(paired))
@@ -307,18 +315,18 @@ def report(results: list[dict[str, Any]], entropy: float) -> list[dict[str, Any]
           f"{spec.fixed.steps} Muon steps; corpus unigram entropy {entropy:.3f} nats")
     print(f"losses at width {spec.calibration_width}: mean (std) of final validation loss over seeds "
           f"{results[0]['seeds']}; delta = mean - brute-force best's mean; paired SE over the same seeds")
-    cols = ["rule", "method", "trials", "FLOPs", "FLOPs/bf", *names, "loss", "std", "delta", "paired SE",
-            "within noise"]
+    cols = ["rule", "method", "trials", "FLOPs", "NS FLOPs", "FLOPs/bf", *names, "loss", "std", "delta",
+            "paired SE", "within noise"]
     shown = []
     for res in results:
         for m in res["methods"]:
             shown.append({"rule": m["rule"], "method": m["method"], "trials": m["trials"], "FLOPs": m["flops"],
-                          "FLOPs/bf": m["flops_vs_bf"], **{n: m[n] for n in names}, "loss": m["loss_mean"],
-                          "std": m["loss_std"], "delta": m["delta_vs_bf"], "paired SE": m["paired_se"],
+                          "NS FLOPs": m["ns_flops"], "FLOPs/bf": m["flops_vs_bf"], **{n: m[n] for n in names},
+                          "loss": m["loss_mean"], "std": m["loss_std"], "delta": m["delta_vs_bf"], "paired SE": m["paired_se"],
                           "within noise": "yes" if m["within_noise"] else "no"})
             summary.append({"table": "calibration", **{k: v for k, v in m.items()}, "sigma": res["sigma"],
                             "tolerance": res["tolerance"]})
-    print(table(cols, shown, {"FLOPs": ".3g", "FLOPs/bf": ".0%", "loss": ".4f", "std": ".4f", "delta": "+.4f",
+    print(table(cols, shown, {"FLOPs": ".3g", "NS FLOPs": ".3g", "FLOPs/bf": ".0%", "loss": ".4f", "std": ".4f", "delta": "+.4f",
                               "paired SE": ".4f", "lr": ".4g", "init_std": ".4g"}))
     for res in results:
         lo, hi = res["cal_loss_range"]
@@ -356,7 +364,7 @@ def report(results: list[dict[str, Any]], entropy: float) -> list[dict[str, Any]
     print()
     for res in results:
         tele, bf, mup = res["methods"]
-        cheaper = tele["flops"] < bf["flops"]
+        cheaper = tele["flops"] + tele["ns_flops"] < bf["flops"] + bf["ns_flops"]
         closer = abs(tele["delta_vs_bf"]) < abs(mup["delta_vs_bf"])
         print(f"[{res['rule']}] goal: telescoped pick within noise of brute force "
               f"({tele['delta_vs_bf']:+.4f} vs tolerance {res['tolerance']:.4f}): "

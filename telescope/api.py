@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from telescope.spec.plan import Plan, plan
 from telescope.spec.preflight import preflight
-from telescope.spec.sweep import SweepSpec, load_recorded_spec, load_spec
-from telescope.state import SweepState, sweep_state
-from telescope.store.directory import SPEC_FILE, check_sweep_dir, load_sweep_dir
+from telescope.spec.sweep import SweepSpec, load_spec
+from telescope.state import SweepState, recorded_spec, sweep_state
+from telescope.store.directory import check_sweep_dir, load_sweep_dir
 
 if TYPE_CHECKING:
     from telescope.read.report.numbers import ReportData
@@ -57,9 +57,9 @@ class Sweep:
 
     @classmethod
     def open(cls, directory: str | Path) -> "Sweep":
-        """An existing sweep directory, from its spec copy alone."""
+        """An existing sweep directory, from its spec copy alone (and the devices it recorded)."""
         _, text, meta = load_sweep_dir(directory)
-        return cls(directory, load_recorded_spec(Path(directory) / SPEC_FILE, meta["spec_fingerprint"]), text)
+        return cls(directory, recorded_spec(directory, meta), text)
 
     # -- running (Ray and torch are imported by these verbs only)
 

@@ -30,9 +30,9 @@ from typing import Any
 
 from telescope.core.contract import TrialConfig, trial_id
 from telescope.core.numbers import round_sig
-from telescope.errors import NoOptimumError
+from telescope.errors import LedgerError, NoOptimumError
 from telescope.spec.sweep import SweepSpec, load_recorded_spec
-from telescope.store.directory import SPEC_FILE, load_sweep_dir
+from telescope.store.directory import META_FILE, SPEC_FILE, load_sweep_dir
 from telescope.store.ledger import Ledger
 from telescope.core.rule import LevelResult, Observation, Step, telescoping_steps
 
@@ -188,8 +188,26 @@ def _with_causes(err: NoOptimumError, level_rows: list[Mapping[str, Any]]) -> No
 def sweep_state(out: str | Path) -> tuple[SweepSpec, Ledger, SweepState]:
     """Read-only view of a sweep directory, for status, export and reports (no lock needed)."""
     ledger, _, meta = load_sweep_dir(out)
-    spec = load_recorded_spec(Path(out) / SPEC_FILE, meta["spec_fingerprint"])
+    spec = recorded_spec(out, meta)
     return spec, ledger, replay(spec, ledger_rows(ledger))
+
+
+def recorded_spec(out: str | Path, meta: Mapping[str, Any]) -> SweepSpec:
+    """A sweep directory's spec (its sweep.json is `meta`) as it recorded its ledger: the rule
+    (load_recorded_spec) and the devices "auto" resolved to, so trial ids replay without torch."""
+    return with_recorded_devices(load_recorded_spec(Path(out) / SPEC_FILE, meta["spec_fingerprint"]), out, meta)
+
+
+def with_recorded_devices(spec: SweepSpec, out: str | Path, meta: Mapping[str, Any]) -> SweepSpec:
+    """`spec` with the devices its directory's sweep.json records; as it is for a directory made
+    before they were recorded (its ids were made with device = "auto" unresolved)."""
+    devices = meta.get("devices")
+    if devices is None:
+        return spec
+    if len(devices) != spec.n_levels:
+        raise LedgerError(str(Path(out) / META_FILE), f"records {len(devices)} devices for {spec.n_levels} levels; "
+                          "restore it from a copy or start a new sweep")
+    return spec.on_devices(devices)
 
 
 def ledger_rows(ledger: Ledger) -> dict[str, dict[str, Any]]:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -64,6 +69,13 @@ def write_spec(tmp_path: Path, name: str = "tiny.toml", *, calibration_width: in
     return path
 
 
+def only_lr_axis(spec: Path, points: int = 3) -> Path:
+    """Drop the spec's init_std axis and give lr `points` values: `points` trials a level."""
+    text = re.sub(r"\[axes\.init_std\][^\[]*", "", spec.read_text())
+    spec.write_text(re.sub(r"(?m)^points = 3$", f"points = {points}", text))
+    return spec
+
+
 def telescope_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "telescope", *args]
 
@@ -80,12 +92,28 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(telescope_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+def run_clis(*commands: Sequence[str], at_once: int = 3, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """`run_cli` of each of `commands` (which must not depend on one another), `at_once` at a
+    time: much of a command's time is Python and Ray starting up, waiting more than computing."""
+    with ThreadPoolExecutor(at_once) as pool:
+        return list(pool.map(lambda args: run_cli(*args, timeout=timeout), commands))
+
+
 def raw_trials(out: Path) -> pd.DataFrame:
     """Every row of every committed part, without the ledger's de-duplication."""
     path = out / "trials.parquet"
     if not path.exists() or not any(p.name.startswith("part-") for p in path.iterdir()):
         return pd.DataFrame(columns=["trial_id"])
     return pd.read_parquet(path)
+
+
+def rows_at_level(out: Path, level: int) -> int:
+    """Rows of `level` committed so far, read while a controller writes and compacts."""
+    try:
+        trials = raw_trials(out)
+    except FileNotFoundError:  # a compaction replaced a part between listing and reading
+        return 0
+    return int((trials["level"] == level).sum()) if len(trials) else 0
 
 
 def committed_parts(out: Path) -> int:
@@ -107,26 +135,56 @@ def kill_after(cmd: list[str], out: Path, after_parts: int, timeout: float = 240
                env: dict[str, str] | None = None) -> None:
     """Start `cmd` (a telescope driver writing the ledger in `out`), SIGKILL it once `after_parts`
     trials are committed."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env,
+    with running(cmd, env=env) as proc:
+        wait_until(proc, lambda: committed_parts(out) >= after_parts, f"{after_parts} trials", timeout)
+        stop_with(proc, signal.SIGKILL)  # the driver only, as a crash would
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], *, env: dict[str, str] | None = None, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE) -> Iterator[subprocess.Popen]:
+    """`cmd` started in a session of its own (so that its Ray's processes can be found and
+    stopped together), as text; on leaving, whatever is left of it and its Ray is SIGKILLed."""
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True, cwd=ROOT, env=env,
                             start_new_session=True)
-    deadline = time.monotonic() + timeout
     try:
-        while committed_parts(out) < after_parts:
-            if proc.poll() is not None:
-                raise AssertionError(f"run ended before {after_parts} trials: {proc.stderr.read().decode()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {after_parts} trials within {timeout} s")
-            time.sleep(0.05)
-        os.kill(proc.pid, 9)  # the driver only, as a crash would
-        proc.wait(timeout=30)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.stderr.close()
-        try:  # whatever Ray left behind in the driver's session
-            os.killpg(proc.pid, 9)
-        except ProcessLookupError:
-            pass
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+        with contextlib.suppress(ProcessLookupError):  # whatever Ray left behind in the driver's session
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_until(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeout: float = 240, *,
+               log: Path | None = None, poll_s: float = 0.05) -> None:
+    """Poll `ready()` until it holds; fail, with the command's stderr (its pipe, or the file `log`
+    it writes to), if `proc` ends first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            stderr = proc.stderr.read() if proc.stderr is not None else log.read_text()[-3000:] if log else ""
+            raise AssertionError(f"the command ended (exit {proc.returncode}) before {what}: {stderr}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(poll_s)
+
+
+def stop_with(proc: subprocess.Popen, sig: int, *, group: bool = False, timeout: float = 60) -> tuple[str, float]:
+    """Send `sig` to the driver (to its whole process group with `group`, as a terminal's Ctrl-C
+    or a batch scheduler's preemption does) and wait for it to exit: (its stderr, seconds taken).
+
+    After a SIGKILL the driver's Ray lives on and may hold its stderr open, so that is not read."""
+    os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
+    signalled = time.monotonic()
+    if sig == signal.SIGKILL:
+        proc.wait(timeout=timeout)
+        return "", time.monotonic() - signalled
+    _, stderr = proc.communicate(timeout=timeout)
+    return stderr or "", time.monotonic() - signalled
 
 
 def tree_digest(path: Path) -> dict[str, str]:

@@ -11,8 +11,8 @@ What goes wrong below is printed here as one line on stderr, never as a tracebac
     SIGTERM                    telescope: terminated[; continue with: CMD]    exit 143
     stdout closed early        (silent, like other Unix tools)          exit 141
 
-A command that writes a sweep or study directory (run, resume, compare) names the command that
-picks it up again. Programmer errors (ValueError, TypeError, ...) keep their tracebacks.
+A command that writes a sweep, study or scan directory (run, resume, compare, verify) names the
+command that picks it up again. Programmer errors (ValueError, TypeError, ...) keep their tracebacks.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from telescope.errors import (
 )
 
 # Command modules, in the order their commands appear in --help.
-COMMAND_MODULES = ("trial", "coordcheck", "sweep", "compare", "report")
+COMMAND_MODULES = ("trial", "coordcheck", "sweep", "verify", "compare", "report")
 
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool killed by SIGPIPE
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -63,8 +63,9 @@ def continue_command(args: argparse.Namespace) -> str | None:
     """The command that picks an interrupted run up where it stopped, or None if there is none.
 
     A sweep continues with `resume DIR` once its directory exists (before that, by running it
-    again); a compare study by running it again (it skips every recorded trial). The cluster is
-    named again when one was given: without it, resume would start a private local Ray instead.
+    again); a compare study and a verify scan by running them again (they skip every recorded
+    trial). The cluster is named again when one was given: without it, resume would start a
+    private local Ray instead.
     """
     if args.command == "run":
         from telescope.store.directory import META_FILE
@@ -75,6 +76,12 @@ def continue_command(args: argparse.Namespace) -> str | None:
         words = ["telescope", "resume", args.dir]
     elif args.command == "compare":
         words = ["telescope", "compare", args.spec, "--out", args.out]
+    elif args.command == "verify":  # running the same scan again skips what it recorded
+        words = ["telescope", "verify", args.dir, "--width", str(args.width), "--points", str(args.points),
+                 "--seeds", args.seeds]
+        for option in ("span", "axis", "out"):
+            if getattr(args, option) is not None:
+                words += [f"--{option}", str(getattr(args, option))]
     else:
         return None
     if getattr(args, "address", None):

@@ -56,7 +56,7 @@ def _check_output(path: str | None, want_json: bool) -> None:
 
 
 def cmd_coordcheck(args: argparse.Namespace) -> int:
-    from telescope.train.coordcheck import METRIC_LABELS, METRIC_LAYERS, coord_check, plot  # torch
+    from telescope.train.coordcheck import METRIC_LABELS, coord_check, plot  # torch
 
     _check_output(args.output, args.json)
     base = TrialConfig(**{name: getattr(args, name) for _, name, _, _ in _OPTIONS})
@@ -72,7 +72,7 @@ def cmd_coordcheck(args: argparse.Namespace) -> int:
           f"widths {' '.join(map(str, check.widths))}, {check.steps} steps, {check.seeds} seed(s)")
     print(f"slope of log2(value) vs log2(width) after step {check.steps} (0 = flat), max/min in brackets:")
     summary = check.summary()
-    for metric, layers in METRIC_LAYERS.items():
+    for metric, layers in check.layers.items():
         print(f"  mean {METRIC_LABELS[metric]}")
         for variant in check.variants:
             cells = []

@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from telescope.core.numbers import format_point
 from telescope.errors import ConfigError
 
 _ADDRESS_HELP = (
@@ -116,10 +115,13 @@ def ray_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _report(state, out: Path) -> int:
-    opt = state.optimum
-    point = format_point(opt.point)
+    from telescope.core.noise import level_noise
+
     final = state.levels[-1]
+    noise = level_noise(final)  # the optimum to the digits its uncertainty allows, the loss with its seed spread
     where = "bracketed" if final.bracketed else "NOT bracketed: on an edge of its grid, see `telescope export`"
-    print(f"sweep complete: optimum at width {final.width}: {point} (loss {opt.loss:.4f}, {where})")
+    print(f"sweep complete: optimum at width {final.width}: {noise.text()} (loss {noise.loss.text()}, {where})")
+    for note in noise.notes:
+        print(f"  {note}")
     print(f"ledger: {out / 'trials.parquet'}; next: telescope export {out} [--width W]")
     return 0

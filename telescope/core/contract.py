@@ -25,6 +25,9 @@ OPTIMIZERS = ("muon", "adamw")
 PARAMETERIZATIONS = ("mup", "sp")
 HIDDEN_LR_RULES = ("adam-mup", "spectral")
 DEVICES = ("auto", "cpu", "cuda")
+NS_DTYPES = ("auto", "bf16", "fp32")
+# The Newton-Schulz arithmetic every trial used before `ns_dtype` existed: ids at it stay as they were.
+LEGACY_NS_DTYPE = "bf16"
 # The coordinate check's trial settings (telescope.train.coordcheck): a moderately large lr, so SP's
 # width dependence shows within a few steps; a shape small enough that widths 32..256 run in
 # seconds on a CPU. Here, torch-free, so the CLI can show them without importing torch.
@@ -85,8 +88,16 @@ class TrialConfig:
     eval_interval: int = 50
     eval_batches: int = 8
     diverge_factor: float = 3.0  # stop as diverged when train loss > factor * initial loss
-    device: str = "auto"  # auto: cuda (bf16 autocast) when visible, else cpu
+    # auto: cuda (bf16 autocast) when visible, else cpu; a sweep resolves it per level before its
+    # trial ids are made (telescope.run.devices), so its ids are those of the explicit setting
+    device: str = "auto"
     num_threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
+    # Muon's Newton-Schulz arithmetic. "bf16" is torch.optim.Muon's: fast on GPUs, but a CPU without
+    # native bf16 matmuls runs it many times slower than fp32 (and fp32 is the more exact of the two).
+    # "auto": bf16 on cuda, fp32 on cpu, decided with the device (see `resolved_ns_dtype`).
+    ns_dtype: str = "auto"
+    # which code trains it (telescope.core.trainable.Trainable.identity); "" is the built-in GPT
+    trainable: str = ""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -141,9 +152,13 @@ class TrialConfig:
             )
         if self.device not in DEVICES:
             raise ConfigError("device", f"must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        if self.ns_dtype not in NS_DTYPES:
+            raise ConfigError("ns_dtype", f"must be one of {', '.join(NS_DTYPES)}; got {self.ns_dtype!r}")
         check_vocab_size(self.vocab_size)
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise ConfigError("num_threads", f"must be a positive whole number; got {self.num_threads!r}")
+        if not isinstance(self.trainable, str):
+            raise ConfigError("trainable", f"must be a trainable's identity string; got {self.trainable!r}")
         if not isinstance(self.data, str) or not self.data:
             raise ConfigError("data", f"must be a path or {BUILTIN_CORPUS!r}; got {self.data!r}")
 
@@ -158,6 +173,14 @@ class TrialConfig:
     @property
     def warmup_steps(self) -> int:
         return int(round(self.warmup_frac * self.steps))
+
+    @property
+    def resolved_ns_dtype(self) -> str:
+        """The Newton-Schulz dtype this trial computes in: "auto" follows the device (bf16 on cuda,
+        fp32 on cpu); with the device itself still "auto" it stays "auto" until a sweep resolves it."""
+        if self.ns_dtype != "auto" or self.device == "auto":
+            return self.ns_dtype
+        return "bf16" if self.device == "cuda" else "fp32"
 
     def replace(self, **changes: Any) -> "TrialConfig":
         return dataclasses.replace(self, **changes)
@@ -176,6 +199,13 @@ class TrialConfig:
         given), not what it computes, and changing a sweep's resources must not rename its trials.
         """
         computed = canonical({k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS})
+        if not self.trainable:  # the built-in GPT: its ids are the ones they were before other trainables
+            del computed["trainable"]
+        # what the trial computes in, not how it was written; at bf16 (or unresolved) the ids are
+        # the ones trials had before the field existed, when every Newton-Schulz ran in bf16
+        computed["ns_dtype"] = self.resolved_ns_dtype
+        if computed["ns_dtype"] in (LEGACY_NS_DTYPE, "auto"):
+            del computed["ns_dtype"]
         blob = json.dumps(computed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -200,11 +230,16 @@ class TrialResult:
     device: str  # e.g. "cpu" or "cuda:0 (NVIDIA H100)"
     steps_done: int
     n_params: int
+    # Muon's Newton-Schulz FLOPs actually spent (0 for AdamW), apart from `flops`: they are paid per
+    # step, not per token (telescope.core.flops.optimizer_flops)
+    optimizer_flops: float = 0.0
     train_steps: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     val_steps: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     error: str | None = None  # why it failed or diverged
+    # a user's trainable's own scalars, declared in [trainable] metrics: one ledger column each
+    extra: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -213,4 +248,6 @@ class TrialResult:
         """The scalar fields (no curves), for printing and for the ledger's trial row."""
         curves = {"train_steps", "train_loss", "val_steps", "val_loss"}
         # not asdict(): it would deep-copy the curves only to drop them
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in curves}
+        scalars = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in curves}
+        extra = scalars.pop("extra")  # flattened: each is a column of its own
+        return {**scalars, **extra}

@@ -3,7 +3,9 @@ axis's scale space over the finished levels (telescope.core.fits does the fittin
 
 Export's `--extrapolate`, the report's drift figure, the notebook and the rule's drift-aware
 centring (`drift_centres`, used by telescope.core.rule for `centre = "drift"`) all read the drift
-here, so they agree on the uncertainty each optimum carries and on where it is heading.
+here, so they agree on the uncertainty each optimum carries and on where it is heading. (Export
+and the report weight each optimum by its measured uncertainty too, telescope.core.noise; the
+rule's centring does not, so the seed noise never moves a grid.)
 """
 
 from __future__ import annotations
@@ -25,15 +27,19 @@ def optimum_sigma(level: LevelResult, name: str) -> float:
     return level.grid.spacing(name) / 2
 
 
-def drift_fits(axes: Sequence[Axis], levels: Sequence[LevelResult]) -> dict[str, DriftFit | str]:
+def drift_fits(axes: Sequence[Axis], levels: Sequence[LevelResult],
+               sigmas: Mapping[str, Sequence[float]] | None = None) -> dict[str, DriftFit | str]:
     """x*(n) = x_inf - alpha/n per axis over the levels' optima, in each axis's scale space;
-    a message instead of a fit where the levels are too few."""
+    a message instead of a fit where the levels are too few. Each optimum is weighted by its
+    uncertainty: `sigmas[axis]` per level (scale space) where given, else `optimum_sigma` (the
+    rule's centring uses the latter, so its grids depend on the grid alone, never on noise)."""
     fits: dict[str, DriftFit | str] = {}
     for axis in axes:
+        sigma = (sigmas or {}).get(axis.name) or [optimum_sigma(lvl, axis.name) for lvl in levels]
         try:
             fits[axis.name] = fit_drift(
                 [lvl.width for lvl in levels], [float(lvl.optimum.point[axis.name]) for lvl in levels],
-                scale=axis.scale, sigma=[optimum_sigma(lvl, axis.name) for lvl in levels],
+                scale=axis.scale, sigma=sigma,
             )
         except InsufficientDataError as err:
             fits[axis.name] = err.message

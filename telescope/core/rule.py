@@ -419,12 +419,25 @@ def _refine(
     return tuple(z_axis), ("parabola" if refined else "grid"), False
 
 
+def quadratic_pairs(k: int) -> list[tuple[int, int]]:
+    """The (i, j), i <= j, of a full quadratic's second-order terms in k variables, in the column
+    order of `quadratic_design`."""
+    return [(i, j) for i in range(k) for j in range(i, k)]
+
+
+def quadratic_design(x: np.ndarray) -> np.ndarray:
+    """The design matrix of y = c + g.x + x^T H x / 2 at the rows of x (n, k): columns 1, x_i, then
+    x_i x_j for `quadratic_pairs(k)`; 1 + k + k(k+1)/2 columns."""
+    k = x.shape[1]
+    return np.column_stack([np.ones(len(x)), x] + [x[:, i] * x[:, j] for i, j in quadratic_pairs(k)])
+
+
 def _quadratic_minimiser(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
     """Least-squares fit of y = c + g.x + x^T H x / 2 (all 1 + k + k(k+1)/2 terms); the minimiser
     -H^-1 g when H is positive definite, else None."""
     k = x.shape[1]
-    pairs = [(i, j) for i in range(k) for j in range(i, k)]
-    design = np.column_stack([np.ones(len(x)), x] + [x[:, i] * x[:, j] for i, j in pairs])
+    pairs = quadratic_pairs(k)
+    design = quadratic_design(x)
     coef = np.linalg.lstsq(design, y - y.mean(), rcond=None)[0]
     hessian = np.zeros((k, k))
     for c, (i, j) in zip(coef[1 + k :], pairs):

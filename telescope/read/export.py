@@ -9,21 +9,33 @@ uncertainty, for when W is far beyond the calibration width.
 An optimum still on an edge of its level's grid (`bracketed: false`) is the end of where the
 sweep looked, not an optimum: the document then carries a `warnings` list that says so and
 names the setting that would bracket it, and the CLI prints each warning on stderr.
+
+The document configures the user's run, not only its learning rates: `optimizers` holds every
+other setting the trials used (Muon's momentum, Nesterov, Newton-Schulz steps and coefficients, eps
+and adjust_lr_fn; AdamW's betas and eps; coupled weight decay), `schedule` the lr schedule, and
+`tuned_at` the horizon and batch the values were tuned at. `at_width` names its lr and weight decay
+groups alike ("hidden", "embedding", "norm", "readout") and says which optimizer takes each.
+`load_export` reads a rendered document back, whatever its format.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomli_w
 import yaml
 
 from telescope.state import sweep_state
 from telescope.errors import ConfigError
-from telescope.core.drift import drift_fits
+from telescope.core.noise import extrapolations, level_noise, level_noises
+from telescope.core.numbers import json_safe
+from telescope.core.contract import TrialConfig
+from telescope.core.optimizers import optimizer_of_group, optimizer_settings
 from telescope.core.scaling import scaling_for
 from telescope.spec.sweep import SweepSpec
 from telescope.core.rule import LevelResult, bracket_fix
@@ -51,6 +63,10 @@ def export(out: str | Path, width: int | None = None, extrapolate: bool = False)
         "provenance": _provenance(final),
         "fixed": _fixed_settings(spec),
         "at_width": _groups(spec, width, base),
+        "optimizers": optimizer_settings(
+            spec.fixed.optimizer, spec.trial_config(final.width, base, spec.seeds[0]).resolved_ns_dtype),
+        "schedule": _schedule(spec.trial_config(width, base, spec.seeds[0])),
+        "tuned_at": _tuned_at(spec.fixed),
         "levels": [_provenance(level) | {"optimum": dict(level.optimum.point)} for level in state.levels],
     }
     warnings = _bracket_warnings(spec, final)
@@ -69,11 +85,34 @@ def export(out: str | Path, width: int | None = None, extrapolate: bool = False)
 def render(doc: dict[str, Any], fmt: str) -> str:
     if fmt not in FORMATS:
         raise ConfigError("format", f"must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    doc = _plain(doc)
     if fmt == "json":
         return json.dumps(doc, indent=2, allow_nan=True) + "\n"
     if fmt == "yaml":
         return yaml.safe_dump(doc, sort_keys=False)
     return tomli_w.dumps(_drop_none(doc))
+
+
+def load_export(path: str | Path, fmt: str | None = None) -> dict[str, Any]:
+    """A rendered export read back: the document `export` returned, for JSON and YAML exactly;
+    TOML has no null, so keys whose value was None are absent. `fmt` defaults to the file's
+    suffix (.json, .yaml/.yml, .toml)."""
+    path = Path(path)
+    fmt = fmt or {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".toml": "toml"}.get(path.suffix.lower())
+    if fmt not in FORMATS:
+        raise ConfigError(str(path), f"has no export format's suffix (.json, .yaml, .yml, .toml); name the format "
+                                     f"({', '.join(FORMATS)})")
+    try:
+        text = path.read_text(encoding="utf-8")
+        doc = json.loads(text) if fmt == "json" else yaml.safe_load(text) if fmt == "yaml" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(str(path), f"is unreadable ({getattr(err, 'strerror', None) or err})") from None
+    except (json.JSONDecodeError, yaml.YAMLError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(str(path), f"is not valid {fmt} ({str(err).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or not {"hyperparameters", "at_width"} <= set(doc):
+        raise ConfigError(str(path), "is not a telescope export (no hyperparameters or at_width); "
+                                     "write one with `telescope export DIR -o FILE`")
+    return doc
 
 
 def _bracket_warnings(spec: SweepSpec, level: LevelResult) -> list[str]:
@@ -89,14 +128,22 @@ def _bracket_warnings(spec: SweepSpec, level: LevelResult) -> list[str]:
 
 def _provenance(level: LevelResult) -> dict[str, Any]:
     opt = level.optimum
+    noise = level_noise(level)
     return {
         "level": level.level,
         "width": level.width,
         "loss": opt.loss,  # mean final validation loss over seeds at the best grid point
+        "loss_std": json_safe(noise.loss.std),  # the seed spread there (None with one seed)
+        "loss_display": noise.loss.text(),  # the mean to the digits the spread allows
         "method": opt.method,  # quadratic / parabola / grid / sample: how the point was refined
         "n_seeds": opt.n_seeds,
         "grid": level.grid.shape,
         "bracketed": level.bracketed,  # interior on every axis that could grow
+        "noise": noise.noise.to_dict(),  # the level's seed noise (telescope.core.noise)
+        "same_best": json_safe(noise.same_best),  # share of noise redraws whose best grid point is this one
+        # per axis: full-precision value, its uncertainty and rounded display form, whether the
+        # axis's effect beats the noise, and a note when it does not
+        "axes": {name: a.to_dict() for name, a in noise.axes.items()},
     }
 
 
@@ -114,35 +161,72 @@ def _groups(spec: SweepSpec, width: int, base: dict[str, float]) -> dict[str, An
     s = scaling_for(spec.trial_config(width, base, spec.seeds[0]))
     return {
         "width_mult": s.width_mult,
-        "lr": {"muon_hidden" if spec.fixed.optimizer == "muon" else "adamw_hidden": s.lr["hidden"],
-               "adamw_embedding": s.lr["embedding"], "adamw_norm": s.lr["norm"],
-               "adamw_readout": s.lr["readout"]},
-        "weight_decay": dict(s.weight_decay),
+        "lr": dict(s.lr),  # peak lr per group: the schedule multiplies it
+        "weight_decay": dict(s.weight_decay),  # coupled: see the document's `optimizers.note`
         "init_std": {"embedding": s.init_embedding, "attn_qkv": s.init_attn_qkv, "attn_out": s.init_attn_out,
                      "mlp_in": s.init_mlp_in, "mlp_out": s.init_mlp_out, "readout": s.init_readout},
         "output_mult": s.output_mult,
         "attn_scale": s.attn_scale,
+        "optimizer_of_group": optimizer_of_group(spec.fixed.optimizer),
+    }
+
+
+def _schedule(cfg: TrialConfig) -> dict[str, Any]:
+    """telescope.train.optim.lr_factor's schedule, in numbers."""
+    return {"shape": "linear warmup then cosine decay", "warmup_frac": cfg.warmup_frac,
+            "warmup_steps": cfg.warmup_steps, "final_lr_frac": cfg.final_lr_frac, "steps": cfg.steps,
+            "formula": "lr(s) = peak lr * f(s) at 0-based step s: f = (s + 1) / (warmup_steps + 1) while "
+                       "s < warmup_steps, then final_lr_frac + (1 - final_lr_frac) * (1 + cos(pi * min(1, "
+                       "(s - warmup_steps) / max(1, steps - 1 - warmup_steps)))) / 2"}
+
+
+def _tuned_at(cfg: TrialConfig) -> dict[str, Any]:
+    """The horizon and batch every trial trained at (the same at every width)."""
+    per_step = cfg.batch_size * cfg.seq_len
+    return {
+        "steps": cfg.steps, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "tokens_per_step": per_step,
+        "tokens": cfg.steps * per_step,
+        "note": (f"tuned over {cfg.steps} steps at batch {cfg.batch_size} x {cfg.seq_len} tokens; lr optima move "
+                 "with the training horizon and the batch size, so these values hold for this horizon and "
+                 "batch, and a run much longer or with another batch may want other ones"),
     }
 
 
 def _extrapolate(spec: SweepSpec, levels: list[LevelResult], width: int) -> dict[str, Any]:
-    result: dict[str, Any] = {"model": "x*(n) = x_inf - alpha/n, fitted in each axis's scale (log: ln x)"}
-    values: dict[str, float] = {}
-    for name, fit in drift_fits(spec.axes, levels).items():
-        if isinstance(fit, str):
-            result[name] = {"error": fit}
-            continue
-        at = fit.predict(width)
-        lo, hi = at.interval(1.0)
-        values[name] = at.value
-        result[name] = {
-            "value": at.value, "band_1sigma": [lo, hi], "stderr_scale_space": at.stderr,
-            "x_inf": fit.predict(math.inf).value, "alpha": fit.alpha, "alpha_stderr": fit.alpha_stderr,
-            "uncertainty_source": fit.uncertainty_source, "n_levels": fit.n_points,
+    """x*(width) per axis where the drift fit backs a prediction, else the calibration optimum with
+    the reason (telescope.core.noise.extrapolations); bands inside each axis's valid range."""
+    result: dict[str, Any] = {"model": "x*(n) = x_inf - alpha/n, fitted in each axis's scale (log: ln x), each "
+                                       "optimum weighted by its measured uncertainty"}
+    for name, ex in extrapolations(spec.axes, levels, level_noises(levels), width).items():
+        e, fit = ex.estimate, ex.fit
+        entry: dict[str, Any] = {
+            "value": e.value, "display": e.display, "band_1sigma": list(e.band),
+            "stderr_scale_space": e.stderr, "source": ex.source,
         }
-    if len(values) == len(spec.axes):
-        result["at_width"] = _groups(spec, width, values)
+        if ex.note:
+            entry["note"] = ex.note
+        if fit is None:
+            entry["error"] = ex.note
+        else:
+            entry |= {
+                "predicted": fit.predict(width).value, "x_inf": fit.predict(math.inf).value,
+                "alpha": fit.alpha, "alpha_stderr": fit.alpha_stderr, "alpha_p_value": ex.alpha_p,
+                "alpha_significant": ex.alpha_significant, "exact_interpolation": ex.exact,
+                "uncertainty_source": fit.uncertainty_source, "n_levels": fit.n_points, "dof": fit.dof,
+            }
+        result[name] = json_safe(entry)
+    result["at_width"] = _groups(spec, width, {name: result[name]["value"] for name in spec.axis_names})
     return result
+
+
+def _plain(value: Any) -> Any:
+    """`value` with numpy scalars as Python numbers and tuples as lists, through dicts and lists:
+    YAML's safe dumper knows only Python's own types."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _drop_none(value: Any) -> Any:

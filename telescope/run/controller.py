@@ -15,16 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from telescope.errors import SweepStopped
+from telescope.run.devices import check_devices, trial_devices
 from telescope.run.dispatch import Dispatcher, Job, Outcome
 from telescope.run.outcomes import outcome_record
-from telescope.store.directory import SPEC_FILE, check_sweep_dir, load_sweep_dir, open_sweep_dir
+from telescope.store.directory import check_sweep_dir, load_sweep_dir, open_sweep_dir
 from telescope.store.ledger import Ledger
 from telescope.store.lock import SweepLock
 from telescope.run.progress import Progress
-from telescope.state import PendingStep, PlannedTrial, SweepState, ledger_rows, point_id, replay, row_loss
+from telescope.state import (
+    PendingStep, PlannedTrial, SweepState, ledger_rows, point_id, recorded_spec, replay, row_loss, with_recorded_devices,
+)
 from telescope.run.levels import LevelSampler, level_sampler
-from telescope.spec.sweep import SweepSpec, load_recorded_spec, load_spec
-from telescope.train.trial import run_trial
+from telescope.spec.sweep import SweepSpec, load_spec
+from telescope.run.trainables import Launcher
 
 
 def run_sweep(spec_path: str | Path, out: str | Path, *, address: str | None = None,
@@ -40,7 +43,8 @@ def run_spec(spec: SweepSpec, spec_text: str, out: str | Path, *, address: str |
     out = Path(out)
     check_sweep_dir(out, spec.fingerprint())  # refuse before the lock writes its holder's name
     with SweepLock(out):
-        ledger = open_sweep_dir(out, spec_text, spec.fingerprint(), spec.name)
+        ledger = open_sweep_dir(out, spec_text, spec.fingerprint(), spec.name, devices=trial_devices(spec, address))
+        spec = with_recorded_devices(spec, out, load_sweep_dir(out)[2])  # a directory's first devices stay its own
         progress = progress or Progress()
         _set_aside_damaged(ledger, progress)
         return _drive(spec, ledger, out, address, num_cpus, progress)
@@ -55,7 +59,7 @@ def resume_sweep(out: str | Path, *, address: str | None = None, num_cpus: int |
     with SweepLock(out):
         ledger, _, meta = load_sweep_dir(out)
         _set_aside_damaged(ledger, progress)
-        spec = load_recorded_spec(out / SPEC_FILE, meta["spec_fingerprint"])  # the rule that recorded it
+        spec = recorded_spec(out, meta)  # the rule and the devices that recorded it
         return _drive(spec, ledger, out, address, num_cpus, progress)
 
 
@@ -72,14 +76,18 @@ def _drive(spec: SweepSpec, ledger: Ledger, out: Path, address: str | None, num_
     if state.complete:
         progress.note(f"sweep {spec.name!r} is already complete in {out}")
         return state
-    with Dispatcher(address, num_cpus=num_cpus, max_retries=spec.max_retries) as dispatcher:
+    if state.pending is not None:
+        check_devices(spec, out, rows, state.pending.level, address, progress)
+    launcher = Launcher.for_sweep(spec.trainable, out, address)  # the built-in GPT, or the user's code
+    with Dispatcher(address, num_cpus=num_cpus, max_retries=spec.max_retries,
+                    runtime_env=launcher.runtime_env) as dispatcher:
         display = _Display(progress, rows)
         reported = len(state.levels)
         while state.pending is not None:
             pending = state.pending
             display.begin(pending, len(spec.seeds))
             level = level_sampler(spec, pending, rows, out)
-            recorder = _Recorder(spec, ledger, rows, level, display)
+            recorder = _Recorder(spec, ledger, rows, level, display, launcher)
             recorded_before = len(rows)
             dispatcher.run(recorder.jobs(), recorder.record)
             if recorder.submitted == 0 and len(rows) == recorded_before:
@@ -115,7 +123,7 @@ class _Display:
         self.progress.note(step.note)
         if step.level != self.level:
             self.level = step.level
-            self.progress.start_level(step.level, step.width, pending.budget_points * n_seeds)
+            self.progress.start_level(step.level, step.width, pending.budget_points * n_seeds, n_seeds)
             for t in pending.recorded:
                 self.show(t, self.rows[t.trial_id], was_running=False)
         else:  # a widening of the same level
@@ -132,8 +140,9 @@ class _Recorder:
     """Turns a level's trials into jobs, and each outcome into one ledger row."""
 
     def __init__(self, spec: SweepSpec, ledger: Ledger, rows: dict[str, dict[str, Any]],
-                 level: LevelSampler, display: _Display):
+                 level: LevelSampler, display: _Display, launcher: Launcher):
         self.spec, self.ledger, self.rows, self.level, self.display = spec, ledger, rows, level, display
+        self.launcher = launcher
         self.in_flight: dict[str, PlannedTrial] = {}
         self.submitted = 0
 
@@ -146,8 +155,8 @@ class _Recorder:
             self.in_flight[t.trial_id] = t
             self.submitted += 1
             self.display.submitted()
-            yield Job(t.trial_id, run_trial, t.config.replace(num_threads=threads), resources,
-                      self.spec.time_limit_s)
+            fn, arg = self.launcher.target(t.trial_id, t.config.replace(num_threads=threads), t.point)
+            yield Job(t.trial_id, fn, arg, resources, self.spec.time_limit_s)
 
     def record(self, outcome: Outcome) -> None:
         t = self.in_flight.pop(outcome.key)
@@ -155,6 +164,7 @@ class _Recorder:
             t.trial_id, outcome, axes=t.point,
             columns={"level": t.level, "width": t.config.width, "seed": t.seed, "sampler_trial": t.sampler_trial,
                      "point_id": point_id(t.level, t.point)},
+            metrics=self.spec.trainable.metrics,
         )
         self.ledger.append([record])
         self.rows[t.trial_id] = record.row

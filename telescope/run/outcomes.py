@@ -3,20 +3,21 @@ through the Dispatcher (the sweep controller, the compare study)."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from telescope.core.contract import TrialResult
+from telescope.core.trainable import failed_result
 from telescope.run.dispatch import Outcome
 from telescope.store.records import TrialRecord, trial_record
 
 
 def outcome_record(trial_id: str, outcome: Outcome, *, axes: Mapping[str, Any],
-                   columns: Mapping[str, Any]) -> TrialRecord:
+                   columns: Mapping[str, Any], metrics: Sequence[str] = ()) -> TrialRecord:
     """The ledger record of one dispatched trial: its result, or a failed one if it raised, hung
-    past its time limit or lost its worker too often, and where it ran."""
-    result = outcome.value if outcome.ok else _failed(outcome)
+    past its time limit or lost its worker too often, and where it ran. `metrics`: the extra
+    columns a user's trainable declared, NaN in a failed row."""
+    result = outcome.value if outcome.ok else _failed(outcome, metrics)
     where = {"node": _where(outcome), "gpu_ids": ",".join(outcome.gpu_ids), "attempt": max(outcome.attempts, 1)}
     return trial_record(trial_id, result, axes=axes, columns={**columns, **where})
 
@@ -30,10 +31,6 @@ def _where(outcome: Outcome) -> str:
     return f"{outcome.node} node {outcome.node_id}".strip()
 
 
-def _failed(outcome: Outcome) -> TrialResult:
+def _failed(outcome: Outcome, metrics: Sequence[str]) -> TrialResult:
     """A trial that raised, hung past its time limit, or lost its worker too often."""
-    nan = math.nan
-    return TrialResult(
-        status="failed", final_loss=nan, final_train_loss=nan, tokens=0, flops=0.0,
-        wall_time_s=outcome.wall_time_s, device="", steps_done=0, n_params=0, error=outcome.error,
-    )
+    return failed_result(outcome.error, metrics=metrics, wall_time_s=outcome.wall_time_s)

@@ -1,5 +1,8 @@
 """Live progress of a sweep: per level, done / running / failed / diverged and the best so far.
 
+"best" is the lowest mean loss over seeds among the points with every seed recorded, with the
+seed spread beside it, as `status`, `export` and the report count it (telescope.core.noise).
+
 On a terminal the current level's line is redrawn in place; elsewhere (CI logs, `nohup`) a line is
 printed at most every `interval_s` seconds and when a level ends, so logs stay readable.
 """
@@ -12,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from telescope.core.noise import PointLoss, best_point
 from telescope.core.numbers import format_point
 
 
@@ -24,12 +28,27 @@ class LevelTally:
     running: int = 0
     failed: int = 0
     diverged: int = 0
-    best_loss: float = math.inf
-    best_point: dict[str, float] = field(default_factory=dict)
+    n_seeds: int = 1  # a point counts towards "best" once this many of its seeds are recorded
+    losses: dict[tuple[tuple[str, float], ...], list[float]] = field(default_factory=dict)
+
+    def record(self, point: dict[str, float], loss: float) -> None:
+        self.losses.setdefault(tuple(sorted(point.items())), []).append(loss)
+
+    @property
+    def best(self) -> tuple[dict[str, float], PointLoss] | None:
+        found = best_point(self.losses, self.n_seeds)
+        return None if found is None else (dict(found[0]), found[1])
+
+    @property
+    def best_loss(self) -> float:
+        """The best point's mean loss over seeds (inf while no point has every seed)."""
+        found = self.best
+        return math.inf if found is None else found[1].mean
 
     def line(self) -> str:
-        best = "-" if not math.isfinite(self.best_loss) else f"{self.best_loss:.4f}"
-        at = format_point(self.best_point, digits=3)
+        found = self.best
+        best = "-" if found is None else found[1].text()
+        at = format_point(found[0], digits=3) if found else ""
         return (
             f"level {self.level} width {self.width:>5}: {self.done:>3}/{self.total} done, "
             f"{self.running} running, {self.failed} failed, {self.diverged} diverged, best {best}"
@@ -46,8 +65,8 @@ class Progress:
         self.tally: LevelTally | None = None
         self._last_print = 0.0
 
-    def start_level(self, level: int, width: int, total: int) -> None:
-        self.tally = LevelTally(level, width, total)
+    def start_level(self, level: int, width: int, total: int, n_seeds: int = 1) -> None:
+        self.tally = LevelTally(level, width, total, n_seeds=n_seeds)
         self._draw(force=True)
 
     def grow_level(self, extra: int) -> None:
@@ -66,8 +85,7 @@ class Progress:
             t.failed += 1
         elif status == "diverged":
             t.diverged += 1
-        elif math.isfinite(loss) and loss < t.best_loss:
-            t.best_loss, t.best_point = loss, dict(point)
+        t.record(point, loss)  # a diverged or failed seed (loss inf) makes its point infinitely bad
         self._draw()
 
     def submitted(self, n: int = 1) -> None:

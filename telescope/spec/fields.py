@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from telescope.core.contract import TrialConfig
+from telescope.core.trainable import BASE_PLACEHOLDERS, KINDS, RESERVED_COLUMNS, Trainable, placeholders
 from telescope.errors import ConfigError
 from telescope.spec.resources import Resources
 
@@ -30,6 +31,7 @@ SET_BY_SWEEP = {
     "base_width": "the top-level base_width",
     "seed": "the top-level seeds",
     "num_threads": "the dispatcher, from resources.num_cpus",
+    "trainable": "the [trainable] table",
 }
 TRAINING_FIELDS = tuple(
     f for f in TrialConfig.field_names() if f not in MODEL_FIELDS and f not in SET_BY_SWEEP
@@ -179,3 +181,114 @@ def _check_gpus(v: Any, field: str) -> None:
     if not (is_number(v) and v >= 0):
         raise ConfigError(field, f"must be a number of GPUs per trial >= 0; got {v!r}")
     Resources(num_gpus=v)  # the packing rule (fractions only below one GPU) lives there
+
+
+# ---- [trainable] ------------------------------------------------------------------------------
+
+TRAINABLE_KEYS = {
+    "builtin": ("kind",),
+    "python": ("kind", "function", "version", "working_dir", "metrics", "settings"),
+    "command": ("kind", "command", "version", "working_dir", "metrics", "settings"),
+}
+_ALL_TRAINABLE_KEYS = ("kind", "function", "command", "version", "working_dir", "metrics", "settings")
+_FUNCTION = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TRAINABLE_EXAMPLE = ('[trainable] with function = "mypkg.train:train", or command = '
+                      '["{python}", "train.py", "--lr", "{lr}", "--out", "{trial_dir}"]')
+
+
+def read_trainable(data: Mapping[str, Any], axis_names: Sequence[str]) -> Trainable:
+    """[trainable]: which code trains each trial (absent: the built-in GPT). The kind may be left
+    out when `function` (python) or `command` (command) says it."""
+    table = data.get("trainable")
+    if table is None:
+        return Trainable()
+    if not isinstance(table, Mapping):
+        raise ConfigError("trainable", f"must be a table, e.g. {_TRAINABLE_EXAMPLE}")
+    reject_unknown(table, _ALL_TRAINABLE_KEYS, "trainable.")
+    kind = table.get("kind", "python" if "function" in table else "command" if "command" in table else "builtin")
+    if kind not in KINDS:
+        raise ConfigError("trainable.kind", f"must be one of {', '.join(KINDS)}; got {kind!r}")
+    for key in table:
+        if key not in TRAINABLE_KEYS[kind]:
+            why = ("the built-in GPT takes its settings from [model] and [training]" if kind == "builtin"
+                   else f"a {kind} trainable has {', '.join(TRAINABLE_KEYS[kind][1:])}")
+            raise ConfigError(f"trainable.{key}", f"not a setting of kind = {kind!r} ({why}); remove it")
+    if kind == "builtin":
+        return Trainable()
+    version = table.get("version", "")
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = str(version)
+    if not isinstance(version, str):
+        raise ConfigError("trainable.version", f'must be a string you bump when the code changes, e.g. "2"; got {version!r}')
+    working_dir = table.get("working_dir", ".")
+    if not isinstance(working_dir, str) or not working_dir:
+        raise ConfigError("trainable.working_dir", f"must be a directory path; got {working_dir!r}")
+    settings = _trainable_settings(table.get("settings", {}))
+    metrics = _trainable_metrics(table.get("metrics", []), axis_names)
+    common = dict(version=version, working_dir=working_dir, metrics=metrics, settings=settings)
+    if kind == "python":
+        function = required(table, "function", 'function = "mypkg.train:train"', "trainable.")
+        if not isinstance(function, str) or not _FUNCTION.fullmatch(function):
+            raise ConfigError("trainable.function",
+                              f'must name a function as "package.module:function"; got {function!r}')
+        return Trainable.create("python", function=function, **common)
+    command = required(table, "command", 'command = ["{python}", "train.py", "--lr", "{lr}"]', "trainable.")
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
+        raise ConfigError("trainable.command",
+                          f'must be a list of non-empty strings, e.g. ["{{python}}", "train.py", "--lr", "{{lr}}"]; got {command!r}')
+    _check_placeholders(command, (*BASE_PLACEHOLDERS, *settings))
+    return Trainable.create("command", command=command, **common)
+
+
+def _trainable_settings(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("trainable.settings", f"must be a table of your own settings, e.g. [trainable.settings] "
+                                                f"with n_layers = 2; got {value!r}")
+    for key, v in value.items():
+        path = f"trainable.settings.{key}"
+        if not _IDENTIFIER.fullmatch(key):
+            raise ConfigError(path, "must be a name of letters, digits and '_' (it is a placeholder too)")
+        if key in BASE_PLACEHOLDERS:
+            raise ConfigError(path, f"{key} is already a field of every trial (set it in [model] or [training] "
+                                    "if it is one of those); rename it")
+        if not _plain_value(v):
+            raise ConfigError(path, f"must be a string, number, boolean or a list of them; got {v!r}")
+    return dict(value)
+
+
+def _plain_value(v: Any) -> bool:
+    if isinstance(v, list):
+        return all(_plain_value(x) for x in v)
+    return isinstance(v, (str, bool, int)) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _trainable_metrics(value: Any, axis_names: Sequence[str]) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise ConfigError("trainable.metrics", f'must be a list of metric names, e.g. ["grad_norm"]; got {value!r}')
+    for m in value:
+        if not _IDENTIFIER.fullmatch(m):
+            raise ConfigError("trainable.metrics", f"{m!r} must be a name of letters, digits and '_'")
+        if m in RESERVED_COLUMNS or m in axis_names:
+            raise ConfigError("trainable.metrics", f"{m!r} is already a ledger column; rename the metric")
+    if len(set(value)) != len(value):
+        raise ConfigError("trainable.metrics", f"names a metric twice: {value!r}")
+    return value
+
+
+def _check_placeholders(command: Sequence[str], known: Sequence[str]) -> None:
+    for i, arg in enumerate(command, 1):
+        try:
+            names = placeholders(arg)
+        except ValueError as err:
+            raise ConfigError("trainable.command",
+                              f"argument {i} {arg!r}: {err}; write {{{{ and }}}} for a literal brace") from None
+        for name in names:
+            if name in known:
+                continue
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {{{close[0]}}}?" if close else (
+                "use a field such as {width}, {lr}, {seed}, {trial_dir}, or a key of [trainable.settings]")
+            raise ConfigError("trainable.command",
+                              f"placeholder {{{name}}} in argument {i} ({arg!r}) names no field; {hint}")
+

@@ -1,8 +1,9 @@
 """What a sweep will run and what it will cost, before it runs: `plan(spec)` and `format_plan`.
 
-Costs are model FLOPs (telescope.core.flops: 6 per matmul parameter per token plus attention), so
-they compare widths and grids fairly on any hardware. Vocabulary: the spec's vocab_size, else
-256 (byte-level text).
+Costs are FLOPs (telescope.core.flops), so they compare widths and grids fairly on any hardware:
+model FLOPs (6 per matmul parameter per token plus attention) plus, with Muon, its Newton-Schulz
+FLOPs (paid per optimizer step, ~width^3, so their share grows with width and shrinks with the
+batch). Vocabulary: the spec's vocab_size, else 256 (byte-level text).
 
 Brute force is the alternative telescoping replaces: a whole grid run at one width, priced at
 the calibration width (the same answer without telescoping) and at the target width (tuning the
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from telescope.core.contract import BYTE_VOCAB
-from telescope.core.flops import training_flops
+from telescope.core.flops import optimizer_flops, training_flops
 from telescope.spec.samplers import sampler_info
 from telescope.spec.sweep import SweepSpec
 from telescope.core.rule import count_schedule
@@ -38,7 +39,8 @@ class LevelPlan:
     sampler_does: str  # what the sampler will actually do with the level's budget
     points: int
     trials: int  # points x seeds
-    flops_per_trial: float
+    flops_per_trial: float  # model + optimizer
+    optimizer_flops_per_trial: float  # Muon's Newton-Schulz part of it (0 for AdamW)
     flops: float
     share: float  # of the sweep's planned total
 
@@ -62,7 +64,8 @@ class Plan:
     vocab_size: int
     levels: tuple[LevelPlan, ...]
     trials: int
-    flops: float
+    flops: float  # model + optimizer
+    optimizer_flops: float  # Muon's Newton-Schulz part of it
     max_widenings: int  # widening can't be predicted: it depends on where the optimum lands
     widening_trials_max: int  # at most this many more trials at level 0
     widening_flops_max: float
@@ -83,10 +86,12 @@ def plan(spec: SweepSpec) -> Plan:
     vocab = fixed.vocab_size or BYTE_VOCAB
     seeds = len(spec.seeds)
 
+    def ns_flops(width: int) -> float:
+        return optimizer_flops(fixed.optimizer, width, fixed.depth, fixed.steps, fixed.mlp_ratio)
+
     def trial_flops(width: int) -> float:
-        return training_flops(
-            width, fixed.depth, fixed.seq_len, vocab, fixed.batch_size, fixed.steps, fixed.mlp_ratio
-        )
+        model = training_flops(width, fixed.depth, fixed.seq_len, vocab, fixed.batch_size, fixed.steps, fixed.mlp_ratio)
+        return model + ns_flops(width)
 
     schedule = count_schedule([a.points for a in spec.axes], spec.n_levels, spec.min_points)
     rows = []
@@ -97,7 +102,7 @@ def plan(spec: SweepSpec) -> Plan:
     levels = tuple(
         LevelPlan(level, width, counts, _shape(counts), spec.samplers[level],
                   spec.sampler(level).describe(math.prod(counts), len(spec.axes)), math.prod(counts), trials,
-                  per, trials * per, trials * per / total)
+                  per, ns_flops(width), trials * per, trials * per / total)
         for level, width, counts, trials, per in rows
     )
 
@@ -128,6 +133,7 @@ def plan(spec: SweepSpec) -> Plan:
         levels=levels,
         trials=sum(lv.trials for lv in levels),
         flops=total,
+        optimizer_flops=sum(lv.trials * lv.optimizer_flops_per_trial for lv in levels),
         max_widenings=spec.max_widenings,
         widening_trials_max=widening_trials,
         widening_flops_max=widening_trials * trial_flops(spec.base_width),
@@ -149,20 +155,38 @@ def _flops(x: float) -> str:
     return f"{x:.2e}".replace("e+", "e")
 
 
+def savings_phrase(savings: float) -> str:
+    """Telescoping's FLOPs against a brute-force grid's, `savings` = 1 - telescoping / brute force,
+    in words that stay true at both extremes: a saving rounded to 100% or printed negative would not."""
+    if savings > 0.999:
+        return "telescoping costs < 0.1% of that"
+    if savings < -0.0005:
+        return f"telescoping costs {-savings:.1%} more than that"
+    if savings < 0.0005:
+        return "telescoping costs as much"
+    return f"telescoping saves {savings:.1%}"
+
+
 def format_plan(p: Plan) -> str:
     seeds = f"{p.seeds} seed{'s' if p.seeds > 1 else ''} per point"
+    muon = p.optimizer_flops > 0
+    what = "FLOPs = model + Muon's Newton-Schulz" if muon else "model FLOPs"
     lines = [
-        f"sweep {p.name}: {' x '.join(p.axes)}, {seeds}, model FLOPs (vocab {p.vocab_size})",
+        f"sweep {p.name}: {' x '.join(p.axes)}, {seeds}, {what} (vocab {p.vocab_size})",
         "",
         f"{'level':>5}  {'width':>6}  {'grid':>7}  {'sampler':>7}  {'trials':>6}  "
-        f"{'FLOPs/trial':>11}  {'FLOPs':>9}  {'share':>5}",
+        f"{'FLOPs/trial':>11}  {'FLOPs':>9}  {'share':>5}" + (f"  {'NS part':>7}" if muon else ""),
     ]
     for lv in p.levels:
         lines.append(
             f"{lv.level:>5}  {lv.width:>6}  {lv.grid:>7}  {lv.sampler:>7}  {lv.trials:>6}  "
             f"{_flops(lv.flops_per_trial):>11}  {_flops(lv.flops):>9}  {lv.share:>5.0%}"
+            + (f"  {lv.optimizer_flops_per_trial / lv.flops_per_trial:>7.1%}" if muon else "")
         )
-    lines.append(f"{'total':>5}  {'':>6}  {'':>7}  {'':>7}  {p.trials:>6}  {'':>11}  {_flops(p.flops):>9}")
+    lines.append(f"{'total':>5}  {'':>6}  {'':>7}  {'':>7}  {p.trials:>6}  {'':>11}  {_flops(p.flops):>9}"
+                 + (f"  {'':>5}  {p.optimizer_flops / p.flops:>7.1%}" if muon else ""))
+    if muon:
+        lines.append("  NS part: Muon's Newton-Schulz share, paid per optimizer step (~width^3) whatever the batch")
     if not all(sampler_info(lv.sampler).fixed_points for lv in p.levels):
         lines += ["", "what each level's sampler does:"]
         lines += [f"  level {lv.level}: {lv.sampler} - {lv.sampler_does}" for lv in p.levels]
@@ -187,7 +211,7 @@ def format_plan(p: Plan) -> str:
     for b in p.brute_force:
         lines.append(
             f"  {b.grid_kind:<15} {b.grid:>7} at width {b.width:>5}: {b.trials:>6} trials  "
-            f"{_flops(b.flops):>9} FLOPs  telescoping saves {b.savings:.1%}"
+            f"{_flops(b.flops):>9} FLOPs  {savings_phrase(b.savings)}"
         )
     lines += [
         "  (base resolution: the base grid's points; "

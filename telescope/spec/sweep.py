@@ -9,6 +9,8 @@ Layout (sweeps/demo.toml is a commented example):
     [axes.NAME]  one table per swept hyperparameter: low, high, scale ("log"/"linear"), points
     [resources]  per trial: num_cpus, num_gpus (a number, or a list with one per level),
                  time_limit_s, max_retries
+    [trainable]  which code trains each trial: the built-in GPT (absent), a Python function or a
+                 command line (telescope.core.trainable, read by telescope.spec.fields.read_trainable)
 
 Every bad input raises ConfigError naming the offending key as a dotted path ("axes.lr.low").
 """
@@ -19,19 +21,20 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from telescope.core.contract import TrialConfig
+from telescope.core.contract import LEGACY_NS_DTYPE, TrialConfig
 from telescope.core.numbers import canonical
+from telescope.core.trainable import Trainable
 from telescope.errors import ConfigError
 from telescope.spec.resources import Resources
 from telescope.spec.fields import (
     MODEL_FIELDS, NAME_PATTERN, TRAINING_FIELDS, is_number, read_resources, read_seeds, read_settings_section,
-    read_toml, reject_unknown, required, spec_path, whole_number,
+    read_toml, read_trainable, reject_unknown, required, spec_path, whole_number,
 )
 from telescope.core.rule import CENTRES, Axis, Centre, count_schedule, level_widths
 from telescope.spec.samplers import SamplerInfo, check_budget, sampler_info
@@ -49,12 +52,18 @@ LOG_ONLY = ("lr", "init_std")  # scales: must stay > 0 however far the grid move
 AXIS_KEYS = ("low", "high", "scale", "points")
 TOP_LEVEL_KEYS = (
     "name", "base_width", "calibration_width", "target_width", "seeds", "min_points", "max_widenings",
-    "max_shifts", "centre", "sampler", "model", "training", "axes", "resources",
+    "max_shifts", "centre", "sampler", "model", "training", "axes", "resources", "trainable",
 )
 # The values of the rule's later settings that reproduce the rule before they existed (the paper's:
 # no rings after level 0, centred on the previous optimum). A spec at these values keeps the
 # fingerprint it had then, so its sweep directories stay its own.
 LEGACY_RULE = {"max_shifts": 0, "centre": "previous"}
+# The defaults a recorded spec may have been written under, newest first: before ns_dtype existed
+# (every Newton-Schulz in bf16), and before that, before the rule above and the spectral default.
+EARLIER_DEFAULTS = (
+    ({}, {"ns_dtype": LEGACY_NS_DTYPE}),
+    (LEGACY_RULE, {"hidden_lr_rule": "adam-mup", "ns_dtype": LEGACY_NS_DTYPE}),
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,10 @@ class SweepSpec:
     resources: tuple[Resources, ...] = (Resources(),)  # one per level
     time_limit_s: float | None = None
     max_retries: int = 3
+    trainable: Trainable = Trainable()  # the built-in GPT unless [trainable] names other code
+    # What device = "auto" resolved to for each level's trials, as their sweep directory records it
+    # (telescope.run.devices); None until then. Not part of the spec: no TOML key, no fingerprint.
+    devices: tuple[str, ...] | None = None
 
     @property
     def widths(self) -> list[int]:
@@ -94,14 +107,26 @@ class SweepSpec:
         """What level `level`'s sampler is: grid points or an Optuna sampler's asks."""
         return sampler_info(self.samplers[level])
 
+    def on_devices(self, devices: Sequence[str]) -> "SweepSpec":
+        """This spec with device = "auto" resolved per level to `devices` ("cpu" or "cuda")."""
+        if len(devices) != self.n_levels:
+            raise ValueError(f"devices: one per level ({self.n_levels}); got {list(devices)}")
+        return replace(self, devices=tuple(devices))
+
     def trial_config(self, width: int, point: Mapping[str, float], seed: int) -> TrialConfig:
-        """The trial at `width` and `seed` with the swept values of `point`."""
+        """The trial at `width` and `seed` with the swept values of `point`. At a level's width,
+        device = "auto" becomes the level's resolved device, so the trial's id is the one an
+        explicit setting would give."""
         if set(point) != set(self.axis_names):
             raise ConfigError(
                 "axes", f"a point must set exactly {', '.join(self.axis_names)}; got {', '.join(point)}"
             )
+        device = self.fixed.device
+        if device == "auto" and self.devices is not None and width in self.widths:
+            device = self.devices[self.widths.index(width)]
         try:
-            return self.fixed.replace(width=width, seed=seed, **{k: float(v) for k, v in point.items()})
+            return self.fixed.replace(width=width, seed=seed, device=device,
+                                      **{k: float(v) for k, v in point.items()})
         except ConfigError as err:
             raise ConfigError(spec_path(err.field, self.axis_names), err.message) from None
 
@@ -137,6 +162,8 @@ class SweepSpec:
         if self.time_limit_s is not None:
             data["resources"]["time_limit_s"] = self.time_limit_s
         data["resources"]["max_retries"] = self.max_retries
+        if not self.trainable.builtin:  # absent for the built-in GPT: its specs keep their fingerprints
+            data["trainable"] = self.trainable.to_dict()
         return data
 
     def to_toml(self) -> str:
@@ -151,6 +178,10 @@ class SweepSpec:
             k: v for k, v in self.to_dict().items()
             if k not in ("name", "target_width", "resources") and LEGACY_RULE.get(k, object()) != v
         }
+        if "trainable" in data:  # where the code lives is not what it computes
+            data["trainable"] = {k: v for k, v in data["trainable"].items() if k != "working_dir"}
+        if data["training"].get("ns_dtype") == LEGACY_NS_DTYPE:  # as before the setting existed
+            data["training"] = {k: v for k, v in data["training"].items() if k != "ns_dtype"}
         blob = json.dumps(canonical(data), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -170,20 +201,21 @@ def load_spec(path: str | Path) -> SweepSpec:
 def load_recorded_spec(path: str | Path, fingerprint: str) -> SweepSpec:
     """A sweep directory's spec copy, read as the rule that recorded its ledger.
 
-    A spec written before `max_shifts`, `centre` and the spectral hidden-lr default existed says
-    nothing about them; read with today's defaults it would replay another rule against its
-    ledger. If the copy's fingerprint is not the directory's `fingerprint` but the copy with the
-    earlier defaults filled in matches it, that is the spec returned; otherwise the copy as it
-    reads (and the caller's fingerprint check says what is wrong)."""
+    A spec written before `ns_dtype`, or before `max_shifts`, `centre` and the spectral hidden-lr
+    default existed, says nothing about them; read with today's defaults it would replay other
+    trials against its ledger. If the copy's fingerprint is not the directory's `fingerprint` but
+    the copy with one set of `EARLIER_DEFAULTS` filled in matches it, that is the spec returned;
+    otherwise the copy as it reads (and the caller's fingerprint check says what is wrong)."""
     data = read_toml(path, "sweep spec", "sweeps/demo.toml, sweeps/paper.toml")
     spec = parse_spec(data)
     if spec.fingerprint() == fingerprint:
         return spec
-    earlier = {**LEGACY_RULE, **data}
-    if isinstance(data.get("training"), Mapping):
-        earlier["training"] = {"hidden_lr_rule": "adam-mup", **data["training"]}
-    legacy = parse_spec(earlier)
-    return legacy if legacy.fingerprint() == fingerprint else spec
+    training = data.get("training") if isinstance(data.get("training"), Mapping) else {}
+    for rule, training_defaults in EARLIER_DEFAULTS:
+        earlier = parse_spec({**rule, **data, "training": {**training_defaults, **training}})
+        if earlier.fingerprint() == fingerprint:
+            return earlier
+    return spec
 
 
 def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
@@ -213,8 +245,9 @@ def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
     axis_names = tuple(a.name for a in axes)
     model = read_settings_section(data, "model", MODEL_FIELDS, axis_names)
     training = read_settings_section(data, "training", TRAINING_FIELDS, axis_names)
+    trainable = read_trainable(data, axis_names)
 
-    settings = {**model, **training, "seed": seeds[0]}
+    settings = {**model, **training, "seed": seeds[0], "trainable": trainable.identity()}
     fixed = _config(settings | {"width": base, "base_width": base}, axis_names, width_field="base_width")
     _config(settings | {"width": target, "base_width": base}, axis_names, width_field="target_width")
     for a in axes:  # each axis's extremes must be valid settings (e.g. warmup_frac <= 1)
@@ -271,6 +304,7 @@ def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
         resources=resources,
         time_limit_s=time_limit,
         max_retries=max_retries,
+        trainable=trainable,
     )
 
 

@@ -2,7 +2,10 @@
 
     DIR/spec.toml          the sweep spec, as the user wrote it
     DIR/sweep.json         {"format", "kind", "spec_fingerprint", "name", "created_at", "telescope_version"}
-                           kind: "sweep" (telescope run) or "compare" (telescope compare)
+                           kind: "sweep" (telescope run), "compare" (telescope compare) or
+                           "verify" (telescope verify, in a sweep's DIR/verify/<width>/)
+                           devices (sweeps): what device = "auto" resolved to, one per level
+                           ("cpu" or "cuda"); absent in directories made before it was recorded
     DIR/trials.parquet/    the ledger (telescope.store.ledger)
     DIR/curves.parquet/
     DIR/.lock              flock'ed by the controller that writes (telescope.store.lock)
@@ -19,9 +22,11 @@ import json
 import os
 import tomllib
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import telescope
+from telescope.core.contract import DEVICES
 from telescope.errors import ConfigError, LedgerError
 from telescope.store.files import TMP_NAME, atomic_write, fsync_dir
 from telescope.store.ledger import Ledger
@@ -30,7 +35,9 @@ FORMAT = 1
 SPEC_FILE = "spec.toml"
 META_FILE = "sweep.json"
 LOCK_FILE = ".lock"
-KINDS = {"sweep": "telescope run", "compare": "telescope compare"}  # what writes each kind
+RESOLVED_DEVICES = tuple(d for d in DEVICES if d != "auto")
+# what writes each kind
+KINDS = {"sweep": "telescope run", "compare": "telescope compare", "verify": "telescope verify"}
 
 
 def utc_now() -> str:
@@ -94,6 +101,11 @@ def _read_meta(path: Path) -> dict[str, Any]:
         meta["kind"] = "compare" if _spec_says_compare(path) else "sweep"
     if meta["kind"] not in KINDS:
         raise LedgerError(str(file), f"has unknown kind {meta['kind']!r}; expected {', '.join(KINDS)}; {remedy}")
+    devices = meta.get("devices")
+    if devices is not None and (not isinstance(devices, list) or not devices
+                                or not all(d in RESOLVED_DEVICES for d in devices)):
+        raise LedgerError(str(file), f"is corrupt (devices must be a list of {', '.join(RESOLVED_DEVICES)}; "
+                                     f"got {devices!r}); {remedy}")
     return meta
 
 
@@ -143,13 +155,15 @@ def check_sweep_dir(path: str | os.PathLike[str], spec_fingerprint: str, kind: s
 
 
 def open_sweep_dir(
-    path: str | os.PathLike[str], spec_text: str, spec_fingerprint: str, name: str, kind: str = "sweep"
+    path: str | os.PathLike[str], spec_text: str, spec_fingerprint: str, name: str, kind: str = "sweep",
+    devices: Sequence[str] | None = None,
 ) -> Ledger:
     """The ledger `run` writes to: a new sweep directory, or this spec's existing one.
 
     Reusing a directory of the same spec makes re-running a no-op for finished trials. Refuses
     (ConfigError, no file touched) a directory of another spec or one that is not a sweep
-    directory. Call it holding SweepLock(path).
+    directory. `devices` (one per level) are recorded in a new directory's sweep.json; an existing
+    directory keeps those it recorded. Call it holding SweepLock(path).
     """
     path = Path(path)
     if kind not in KINDS:
@@ -166,6 +180,8 @@ def open_sweep_dir(
         "format": FORMAT, "kind": kind, "spec_fingerprint": spec_fingerprint, "name": name,
         "created_at": utc_now(), "telescope_version": telescope.__version__,
     }
+    if devices is not None:
+        meta["devices"] = list(devices)
     atomic_write(path / META_FILE, json.dumps(meta, indent=2) + "\n")  # last: marks the dir complete
     if state == "absent":
         fsync_dir(path.parent)

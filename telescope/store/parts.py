@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from telescope.errors import LedgerError
-from telescope.store.records import CORE_SCHEMA, CURVE_SCHEMA
+from telescope.store.records import CORE_SCHEMA, CURVE_SCHEMA, upgrade_schema, upgrade_table
 
 PART_RE = re.compile(r"^part-(\d+)-[0-9a-f]+\.parquet$")
 AXES_KEY = b"telescope.axes"  # trials schema metadata: which extra columns are swept axes, in order
@@ -66,10 +66,14 @@ def read_part(path: Path, columns: Sequence[str] | None = None, *, footer_only: 
     """
     try:
         with pq.ParquetFile(path, page_checksum_verification=True) as file:
-            schema, rows = file.schema_arrow, file.metadata.num_rows
+            written, rows = file.schema_arrow, file.metadata.num_rows
+            schema = upgrade_schema(written)  # a part written before the latest core columns
             if footer_only or (columns is not None and not set(columns) <= set(schema.names)):
                 return Part(path, schema, rows, None)
-            return Part(path, schema, rows, file.read(columns=list(columns) if columns is not None else None))
+            if schema is written:
+                return Part(path, schema, rows, file.read(columns=list(columns) if columns is not None else None))
+            table = upgrade_table(file.read())
+            return Part(path, schema, rows, table.select(list(columns)) if columns is not None else table)
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError) as err:

@@ -35,7 +35,8 @@ CORE_SCHEMA = pa.schema([
     ("final_loss", pa.float64()),  # last validation loss; NaN unless completed
     ("final_train_loss", pa.float64()),
     ("tokens", pa.int64()),
-    ("flops", pa.float64()),
+    ("flops", pa.float64()),  # model FLOPs (telescope.core.flops.training_flops)
+    ("optimizer_flops", pa.float64()),  # Muon's Newton-Schulz FLOPs, 0 for AdamW; null in older parts
     ("wall_time_s", pa.float64()),
     ("steps_done", pa.int64()),
     ("n_params", pa.int64()),
@@ -49,6 +50,11 @@ CORE_SCHEMA = pa.schema([
     ("finished_at", pa.timestamp("us", tz="UTC")),
 ])
 NULLABLE = frozenset({"error", "point_id", "sampler_trial"})
+# Core columns added after ledgers were first written. A part written before them reads with them
+# null (`upgrade_schema`, `upgrade_table`, applied as each part is read), so older sweeps still
+# read, resume and compact; every new row has them.
+ADDED_COLUMNS = ("optimizer_flops",)
+_EARLIER_CORE = [(f.name, f.type) for f in CORE_SCHEMA if f.name not in ADDED_COLUMNS]
 # What the caller must give in `columns`; every other core column has a default or comes from
 # the TrialResult.
 REQUIRED_COLUMNS = ("level", "width", "seed")
@@ -161,6 +167,34 @@ def _merge_curves(result: TrialResult) -> tuple[np.ndarray, np.ndarray, np.ndarr
         column[np.searchsorted(all_steps, steps)] = losses
         merged.append(column)
     return all_steps, merged[0], merged[1]
+
+
+def upgrade_schema(schema: pa.Schema) -> pa.Schema:
+    """A trials part's schema with the ADDED_COLUMNS it predates, in their CORE_SCHEMA places;
+    any other schema (today's trials parts, curves parts, a stray file) as it is."""
+    if [(f.name, f.type) for f in schema][: len(_EARLIER_CORE)] != _EARLIER_CORE:
+        return schema
+    for name in ADDED_COLUMNS:
+        schema = schema.insert(CORE_SCHEMA.get_field_index(name), CORE_SCHEMA.field(name))
+    return schema
+
+
+def upgrade_table(table: pa.Table) -> pa.Table:
+    """A whole trials part read from disk, with the ADDED_COLUMNS it predates as nulls."""
+    upgraded = upgrade_schema(table.schema)
+    for name in ADDED_COLUMNS:
+        if name not in table.column_names:
+            field = upgraded.field(name)
+            table = table.add_column(upgraded.get_field_index(name), field, pa.nulls(table.num_rows, field.type))
+    return table
+
+
+def total_flops(trials: Any) -> float:
+    """Everything `trials` (Ledger.trials() rows) spent: model plus optimizer FLOPs; a row recorded
+    before optimizer FLOPs were (null there) counts its model FLOPs."""
+    if not len(trials):
+        return 0.0
+    return float(trials["flops"].sum() + trials["optimizer_flops"].fillna(0.0).sum())
 
 
 def coerce(name: str, value: Any, type_: pa.DataType) -> Any:

@@ -21,16 +21,21 @@ from telescope.core.contract import TrialConfig, TrialResult
 from telescope.core.corpus import Corpus, load_corpus
 from telescope.train.data import train_batches, val_batches
 from telescope.errors import ConfigError
-from telescope.core.flops import training_flops
+from telescope.core.flops import optimizer_flops, training_flops
 from telescope.train.model import GPT, build_model
 from telescope.train.optim import build_optimizers, lr_factor, set_lr
+
+
+def local_device_kind() -> str:
+    """What "auto" means in this process: "cuda" (bf16 autocast) when torch sees a GPU, else "cpu" (fp32)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_device(name: str) -> torch.device:
     """"auto" -> the (first visible) GPU when there is one, else the CPU. Under Ray,
     CUDA_VISIBLE_DEVICES holds only the assigned GPU, so cuda:0 is it."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = local_device_kind()
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("device", "cuda requested but no GPU is visible; use auto or cpu")
@@ -147,6 +152,7 @@ def run_trial(cfg: TrialConfig) -> TrialResult:
         device=describe_device(device),
         steps_done=steps_done,
         n_params=engine.model.n_matmul_params(),
+        optimizer_flops=optimizer_flops(cfg.optimizer, cfg.width, cfg.depth, steps_done, cfg.mlp_ratio),
         train_steps=train_steps,
         train_loss=train_loss,
         val_steps=val_steps,

@@ -157,12 +157,14 @@ def _report_inputs(out):
 
 def test_a_directory_recorded_before_the_new_settings_replays_under_its_own_rule(tmp_path):
     # A spec copy that names neither max_shifts nor centre, in a directory whose sweep.json holds
-    # the fingerprint the earlier code gave it (the paper's rule): status and export replay that rule.
+    # the fingerprint the earlier code gave it (the paper's rule, Newton-Schulz in bf16): status and
+    # export replay that rule.
     text = write_spec(tmp_path, calibration_width=64).read_text()
     old = tmp_path / "old.toml"
     old.write_text(text.replace('device = "cpu"', 'device = "cpu"\nhidden_lr_rule = "adam-mup"'))
     legacy = write_spec(tmp_path, "legacy.toml", calibration_width=64, rule=PAPERS_RULE)
-    legacy.write_text(old.read_text().replace("max_widenings = 1\n", f"max_widenings = 1\n{PAPERS_RULE}\n"))
+    legacy.write_text(old.read_text().replace("max_widenings = 1\n", f"max_widenings = 1\n{PAPERS_RULE}\n")
+                      .replace('device = "cpu"', 'device = "cpu"\nns_dtype = "bf16"'))
     spec = load_spec(legacy)
     out = tmp_path / "old"
     ledger = open_sweep_dir(out, old.read_text(), spec.fingerprint(), spec.name)

@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from tests.cluster_helpers import ESTABLISHED, LISTEN, socket_inodes, tcp_sockets
-from tests.sweep_helpers import ROOT, committed_parts, raw_trials, start_and_kill, telescope_cmd, write_spec
+from tests.sweep_helpers import (
+    ROOT, committed_parts, only_lr_axis, raw_trials, running, start_and_kill, telescope_cmd, wait_until, write_spec,
+)
 from telescope.state import sweep_state
 from telescope.store.ledger import Ledger
 from telescope.spec.plan import plan
@@ -84,11 +86,8 @@ def cluster_spec(tmp_path: Path, *, steps: int, num_cpus: float, num_gpus: float
     path = write_spec(tmp_path, calibration_width=16 << (levels - 1), steps=steps, resources=resources)
     text = path.read_text().replace("num_cpus = 1\n", f"num_cpus = {num_cpus}\n")
     text = text.replace("max_widenings = 1\n", "max_widenings = 0\nmax_shifts = 0\n")
-    if lr_only:  # one axis: `points` trials per level
-        text = re.sub(r"\[axes\.init_std\][^\[]*", "", text)
-        text = re.sub(r"(?m)^points = 3$", f"points = {points}", text)
     path.write_text(text)
-    return path
+    return only_lr_axis(path, points) if lr_only else path  # one axis: `points` trials per level
 
 
 def driver_env(cluster) -> dict[str, str]:
@@ -331,30 +330,27 @@ def test_worker_node_killed_mid_level_its_trials_finish_on_the_survivor(cluster,
     spec = cluster_spec(tmp_path, steps=30, num_cpus=0.5, num_gpus=0.5, lr_only=True, points=7)
     out = tmp_path / "out"
     stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
-    with open(stdout, "w") as o, open(stderr, "w") as e:  # files: a full pipe would stall the driver
-        proc = subprocess.Popen(telescope_cmd("run", str(spec), "--out", str(out), "--address", cluster.address,
-                                              "--quiet"),
-                                env=driver_env(cluster), cwd=ROOT, stdout=o, stderr=e, start_new_session=True)
-    try:
-        # Wait for a recorded trial and for a trial on worker-0 that has reported its start.
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            assert proc.poll() is None, f"the sweep ended before the kill: {stderr.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "no moment with a recorded trial and one running on worker-0"
-            if committed_parts(out) >= 1:
-                on_doomed = running_trials(cluster)["worker-0"]
-                started = reported_start(cluster, on_doomed)
-                if started:
-                    break
-            time.sleep(0.2)
+    seen: dict[str, Any] = {}
+
+    def recorded_and_started_on_worker_0() -> bool:
+        """A recorded trial, and a trial on worker-0 that has reported its start."""
+        if committed_parts(out) < 1:
+            return False
+        seen["on_doomed"] = running_trials(cluster)["worker-0"]
+        seen["started"] = reported_start(cluster, seen["on_doomed"])
+        return bool(seen["started"])
+
+    cmd = telescope_cmd("run", str(spec), "--out", str(out), "--address", cluster.address, "--quiet")
+    # files, not pipes: a full pipe would stall the driver
+    with open(stdout, "w") as o, open(stderr, "w") as e, \
+            running(cmd, env=driver_env(cluster), stdout=o, stderr=e) as proc:
+        wait_until(proc, recorded_and_started_on_worker_0, "a moment with a recorded trial and one running on worker-0",
+                   TIMEOUT, log=stderr, poll_s=0.2)
         doomed = cluster.kill_worker(0)
         killed_at = pd.Timestamp.now(tz="UTC")
         recorded_before = set(raw_trials(out)["trial_id"])
         proc.wait(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    on_doomed, started = seen["on_doomed"], seen["started"]
     assert proc.returncode == 0, stderr.read_text()[-3000:]
     assert "sweep complete" in stdout.read_text()
 

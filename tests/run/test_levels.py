@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.sweep_helpers import ROOT, raw_trials, run_cli, telescope_cmd, terminal_cmd, write_spec
+from tests.sweep_helpers import (
+    raw_trials, rows_at_level, run_cli, running, stop_with, telescope_cmd, terminal_cmd, wait_until, write_spec,
+)
 from telescope.run.levels import OptunaLevel
 from telescope.run.samplers import JOURNAL_FILE, make_sampler
 from telescope.spec.samplers import sampler_info
@@ -134,37 +134,6 @@ def test_a_sampler_that_cannot_act_within_its_level_is_refused_at_plan(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-def _level_1_rows(out: Path) -> int:
-    """Level-1 rows committed so far, read while the controller writes and compacts."""
-    try:
-        trials = raw_trials(out)
-    except FileNotFoundError:  # a compaction replaced a part between listing and reading
-        return 0
-    return int((trials["level"] == 1).sum()) if len(trials) else 0
-
-
-def _interrupt_inside_level_1(cmd: list[str], out: Path, after: int, sig: int) -> None:
-    """Start `cmd`, send `sig` to its process group once level 1 holds `after` rows."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-                            start_new_session=True)
-    deadline = time.monotonic() + 240
-    try:
-        while _level_1_rows(out) < after:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, f"level 1 never held {after} rows"
-            time.sleep(0.05)
-        os.killpg(proc.pid, sig) if sig == signal.SIGINT else os.kill(proc.pid, sig)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever Ray left behind
-        except ProcessLookupError:
-            pass
-
-
 @pytest.mark.parametrize("seeds, interruptions", [
     # (level-1 rows committed, signal): early, then late with some asks never recorded
     (1, [(1, signal.SIGKILL), (6, signal.SIGINT)]),
@@ -179,8 +148,11 @@ def test_interrupted_optuna_level_resumes_to_exactly_its_budget(tmp_path, seeds,
     command = ["run", str(spec), "--out", str(out)]
     for after, sig in interruptions:
         make = terminal_cmd if sig == signal.SIGINT else telescope_cmd
-        _interrupt_inside_level_1(make(*command, "--num-cpus", "2", "--quiet"), out, after, sig)
-        assert after <= _level_1_rows(out) < BUDGET * seeds
+        with running(make(*command, "--num-cpus", "2", "--quiet")) as proc:
+            wait_until(proc, lambda: rows_at_level(out, 1) >= after, f"{after} level-1 rows")
+            stop_with(proc, sig, group=sig == signal.SIGINT)  # Ctrl-C reaches the whole group
+        assert proc.returncode == (130 if sig == signal.SIGINT else -sig)
+        assert after <= rows_at_level(out, 1) < BUDGET * seeds
         assert raw_trials(out)["trial_id"].is_unique
         command = ["resume", str(out)]
 

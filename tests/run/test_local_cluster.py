@@ -11,12 +11,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.cluster_helpers import LISTEN, max_overlap, socket_inodes, tcp_sockets
+from tests.sweep_helpers import wait_until
 from telescope.run import local_cluster as lc
 
 pytestmark = [
@@ -249,12 +249,9 @@ def test_worker_node_loss_task_retried_on_survivor(cluster, tmp_path):
     marks.mkdir()
     proc = _run_driver(cluster, tmp_path, NODE_LOSS_DRIVER, str(marks))
     try:
-        first = marks / "attempt-0"
-        deadline = time.monotonic() + 120
-        while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert first.exists(), "the task never started"
-        time.sleep(0.2)
+        first = marks / "attempt-0"  # written by the task's first attempt: the node it runs on
+        wait_until(proc, lambda: first.exists() and first.read_text() != "", "the task's start", timeout=120,
+                   poll_s=0.2)
         doomed_id = first.read_text()
         doomed = next(n for n in cluster.nodes if n.node_id == doomed_id)
         assert doomed.name.startswith("worker-")

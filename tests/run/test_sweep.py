@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from tests.sweep_helpers import (
-    ROOT, committed_parts, raw_trials, run_cli, start_and_kill, telescope_cmd, terminal_cmd, tree_digest,
-    write_spec,
+    kill_after, only_lr_axis, raw_trials, rows_at_level, run_cli, running, stop_with, telescope_cmd, terminal_cmd, tree_digest,
+    wait_until, write_spec,
 )
 from telescope.run.controller import run_sweep, resume_sweep
 from telescope.state import sweep_state
@@ -25,20 +22,13 @@ from telescope.store.ledger import Ledger
 from telescope.run.progress import Progress
 from telescope.spec.sweep import load_spec
 
-PAPER_RULE = 'max_shifts = 0\ncentre = "previous"'
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One uninterrupted 3-level sweep (16 -> 32 -> 64) under the paper's rule (no rings after
-    level 0, each grid centred on the last optimum), the yardstick for resume. Rings and drift
-    centring have their own tests (tests/core/test_rings.py, tests/run/test_rings.py)."""
-    tmp = tmp_path_factory.mktemp("reference")
-    spec = write_spec(tmp, calibration_width=64, rule=PAPER_RULE)
-    out = tmp / "out"
-    result = run_cli("run", str(spec), "--out", str(out), "--num-cpus", "2")
-    assert result.returncode == 0, result.stderr
-    return spec, out, result
+def reference(cli_sweep):
+    """The session's uninterrupted 3-level sweep (16 -> 32 -> 64) by `telescope run` under the
+    paper's rule (no rings after level 0, each grid centred on the last optimum; see
+    tests/conftest.py), the yardstick for resume. Rings and drift centring have their own tests
+    (tests/core/test_rings.py, tests/run/test_rings.py)."""
+    return cli_sweep.spec, cli_sweep.out, cli_sweep
 
 
 def test_sweep_runs_every_level_and_records_every_trial(reference):
@@ -82,17 +72,7 @@ def test_rerunning_a_finished_sweep_is_a_no_op(reference, tmp_path):
     assert tree_digest(out / "trials.parquet") == before
 
 
-@pytest.mark.parametrize("after_parts", [1, 6, 11])
-def test_sigkill_then_resume_finishes_with_the_same_result(reference, tmp_path, after_parts):
-    """Kill the controller during level 0, at its end, and during level 1; resume; compare."""
-    ref_spec, ref_out, _ = reference
-    spec = tmp_path / "tiny.toml"
-    spec.write_text(ref_spec.read_text())
-    out = tmp_path / "out"
-    start_and_kill(spec, out, after_parts)
-    before = raw_trials(out)
-    assert len(before) >= after_parts
-    # an unfinished sweep exports what it has, marked as such
+def assert_an_unfinished_sweep_exports_what_it_has(out):
     _, _, partial = sweep_state(out)
     if partial.levels:
         doc = export(out)
@@ -101,13 +81,49 @@ def test_sigkill_then_resume_finishes_with_the_same_result(reference, tmp_path, 
     else:
         refused = run_cli("export", str(out))
         assert refused.returncode == 2 and "nothing to export" in refused.stderr
+
+
+def test_killed_again_and_again_then_resumed_finishes_with_the_same_result(reference, tmp_path):
+    """One sweep stopped four times, each time continued by `resume`: SIGKILL to the controller
+    early in level 0 (the `run`), later in level 0 and in level 0's widening; then Ctrl-C, SIGINT
+    to the whole process group as a terminal sends it, during level 1, which exits 130 in seconds
+    with one line, running trials cancelled, the lock released. After each stop nothing recorded
+    is lost and the unfinished sweep exports what it has, marked as such; the last `resume`
+    finishes with the uninterrupted run's result, no finished trial run again."""
+    ref_spec, ref_out, _ = reference
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(ref_spec.read_text())
+    out = tmp_path / "out"
+    stopped_at = []  # the rows recorded at each stop
+    command = ("run", str(spec), "--out", str(out))
+    for after_parts in (1, 6, 11):
+        kill_after(telescope_cmd(*command, "--num-cpus", "2", "--quiet"), out, after_parts)
+        before = raw_trials(out)
+        assert len(before) >= after_parts and before["trial_id"].is_unique
+        assert_an_unfinished_sweep_exports_what_it_has(out)
+        stopped_at.append(before)
+        command = ("resume", str(out))
+
+    with running(terminal_cmd(*command, "--num-cpus", "2", "--quiet")) as proc:
+        wait_until(proc, lambda: rows_at_level(out, 1) >= 2, "2 trials recorded at level 1")
+        stderr, took = stop_with(proc, signal.SIGINT, group=True)
+    assert took < 15, f"took {took:.1f} s to stop"
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == f"telescope: interrupted; continue with: telescope resume {out}"
+    assert "Traceback" not in stderr
+    before = raw_trials(out)
+    assert len(before) >= len(stopped_at[-1]) + 2 and before["trial_id"].is_unique
+    assert_an_unfinished_sweep_exports_what_it_has(out)
+    stopped_at.append(before)
+
     result = run_cli("resume", str(out), "--num-cpus", "2")
     assert result.returncode == 0, result.stderr
     after = raw_trials(out)
-    # nothing that finished before the kill ran again: its row is untouched and still the only one
+    # nothing that finished before a stop ran again: its row is untouched and still the only one
     assert after["trial_id"].is_unique
-    kept = after.set_index("trial_id").loc[before["trial_id"], "finished_at"]
-    assert kept.tolist() == before["finished_at"].tolist()
+    for before in stopped_at:
+        kept = after.set_index("trial_id").loc[before["trial_id"], "finished_at"]
+        assert kept.tolist() == before["finished_at"].tolist()
     reference_trials = Ledger(ref_out).trials().set_index("trial_id")
     assert set(after["trial_id"]) == set(reference_trials.index)
     np.testing.assert_array_equal(
@@ -120,58 +136,15 @@ def test_sigkill_then_resume_finishes_with_the_same_result(reference, tmp_path, 
 def test_a_second_controller_on_the_same_directory_is_refused(tmp_path):
     spec = write_spec(tmp_path, steps=40)
     out = tmp_path / "out"
-    first = subprocess.Popen(telescope_cmd("run", str(spec), "--out", str(out), "--num-cpus", "1", "--quiet"),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "sweep.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with running(telescope_cmd("run", str(spec), "--out", str(out), "--num-cpus", "1", "--quiet"),
+                 stderr=subprocess.DEVNULL) as first:
+        wait_until(first, (out / "sweep.json").exists, "the first controller's sweep.json", timeout=120)
         second = run_cli("run", str(spec), "--out", str(out), timeout=60)
         assert second.returncode == 2
         assert "in use by another telescope controller" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
         status = run_cli("status", str(out), "--json", timeout=60)
         assert json.loads(status.stdout)["controller"].startswith(f"pid {first.pid} ")
-    finally:
-        first.kill()
-        first.wait()
-
-
-def test_ctrl_c_stops_the_run_in_seconds_and_resume_finishes_it(reference, tmp_path):
-    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: exit 130 with one line,
-    running trials cancelled, nothing recorded lost, the lock released for `resume`."""
-    ref_spec, ref_out, _ = reference
-    spec = tmp_path / "tiny.toml"
-    spec.write_text(ref_spec.read_text())
-    out = tmp_path / "out"
-    proc = subprocess.Popen(terminal_cmd("run", str(spec), "--out", str(out), "--num-cpus", "2", "--quiet"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while committed_parts(out) < 2:
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "no 2 trials within 240 s"
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)
-        interrupted = time.monotonic()
-        _, stderr = proc.communicate(timeout=60)
-        assert time.monotonic() - interrupted < 15
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, stderr
-    assert stderr.strip().splitlines()[-1] == f"telescope: interrupted; continue with: telescope resume {out}"
-    assert "Traceback" not in stderr
-    before = raw_trials(out)
-    assert len(before) >= 2 and before["trial_id"].is_unique
-    result = run_cli("resume", str(out), "--num-cpus", "2")
-    assert result.returncode == 0, result.stderr
-    after = raw_trials(out).set_index("trial_id")
-    assert after.index.is_unique and set(after.index) == set(Ledger(ref_out).trials()["trial_id"])
-    assert after.loc[before["trial_id"], "finished_at"].tolist() == before["finished_at"].tolist()
 
 
 def test_optuna_level_spends_the_same_budget_inside_the_narrowed_box(tmp_path):
@@ -195,15 +168,16 @@ def test_optuna_level_spends_the_same_budget_inside_the_narrowed_box(tmp_path):
 
 def test_trials_past_their_time_limit_are_recorded_as_failed_and_the_sweep_stops_clearly(tmp_path):
     """Every trial hangs past its limit: each is cancelled and recorded as failed with the reason,
-    the level runs to its end, and the sweep stops with one clear line; status still reads it."""
-    spec = write_spec(tmp_path, steps=100000, resources="time_limit_s = 1.5")
+    the level runs to its end, and the sweep stops with one clear line; status still reads it.
+    Three trials on two CPUs: the third starts only once a cancellation has freed a CPU."""
+    spec = only_lr_axis(write_spec(tmp_path, steps=100000, resources="time_limit_s = 1.5"), points=3)
     out = tmp_path / "out"
     result = run_cli("run", str(spec), "--out", str(out), "--num-cpus", "2", "--quiet")
     assert result.returncode == 3, result.stderr  # a stopped sweep, not bad input
     assert "every trial at level 0" in result.stderr and "Traceback" not in result.stderr
     assert "timed out" in result.stderr and "lower the learning-rate range" not in result.stderr
     trials = Ledger(out).trials()
-    assert len(trials) == 9 and (trials["status"] == "failed").all()
+    assert len(trials) == 3 and (trials["status"] == "failed").all()
     assert trials["error"].str.contains("timed out").all()
     assert (trials["wall_time_s"] < 10).all()
     status = json.loads(run_cli("status", str(out), "--json").stdout)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from telescope.core.flops import training_flops
+from telescope.core.flops import muon_step_flops, training_flops
 from telescope.spec.plan import format_plan, plan
 from telescope.spec.sweep import load_spec, parse_spec
 
@@ -12,8 +12,8 @@ SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 
 
 def paper_trial_flops(width):
-    # sweeps/paper.toml: depth 16, seq 2048, vocab 50304, batch 256, 4000 steps
-    return training_flops(width, 16, 2048, 50304, 256, 4000)
+    # sweeps/paper.toml: depth 16, seq 2048, vocab 50304, batch 256, 4000 steps of Muon
+    return training_flops(width, 16, 2048, 50304, 256, 4000) + 4000 * muon_step_flops(width, 16)
 
 
 def test_paper_plan_matches_the_paper_schedule():

@@ -274,11 +274,13 @@ def test_bad_rule_settings_name_the_field(key, value):
 
 
 def test_the_papers_rule_keeps_the_fingerprint_it_had_before_the_new_settings():
-    # Fingerprints computed by the code before max_shifts, centre and the spectral default existed.
+    # Fingerprints computed by the code before max_shifts, centre, the spectral default and
+    # ns_dtype existed (every Newton-Schulz then ran in bf16).
     assert load_spec(SWEEPS / "paper.toml").fingerprint() == "99e0e2596e662978"
     d = demo_dict()
     d.pop("max_shifts"), d.pop("centre")
     d["training"]["hidden_lr_rule"] = "adam-mup"
+    d["training"]["ns_dtype"] = "bf16"
     legacy = copy.deepcopy(d)
     legacy |= {"max_shifts": 0, "centre": "previous"}
     assert parse_spec(legacy).fingerprint() == "db48266d6e94b840"
@@ -286,6 +288,28 @@ def test_the_papers_rule_keeps_the_fingerprint_it_had_before_the_new_settings():
     assert parse_spec(d).fingerprint() != "db48266d6e94b840"
     assert parse_spec(legacy | {"max_shifts": 1}).fingerprint() != "db48266d6e94b840"
     assert parse_spec(legacy | {"centre": "drift"}).fingerprint() != "db48266d6e94b840"
+    assert parse_spec(legacy | {"training": legacy["training"] | {"ns_dtype": "auto"}}).fingerprint() != "db48266d6e94b840"
+
+
+def test_a_spec_copy_from_before_ns_dtype_replays_its_bf16_trials_under_their_ids(tmp_path):
+    from telescope.core.contract import trial_id
+    from telescope.spec.sweep import load_recorded_spec
+
+    d = demo_dict()  # device = "cpu": "auto" Newton-Schulz now means fp32 there
+    d["training"].pop("ns_dtype", None)
+    old = tmp_path / "spec.toml"
+    old.write_text(tomli_w.dumps(d))
+    recorded = parse_spec(d | {"training": d["training"] | {"ns_dtype": "bf16"}}).fingerprint()
+    spec = load_recorded_spec(old, recorded)
+    assert spec.fixed.ns_dtype == "bf16" and spec.fingerprint() == recorded
+    point = {a.name: a.low for a in spec.axes}
+    then = spec.trial_config(spec.base_width, point, 0)
+    assert then.resolved_ns_dtype == "bf16"
+    # the id such a trial had before the field existed: its config's hash without the field
+    assert trial_id(0, then) == trial_id(0, then.replace(ns_dtype="bf16"))
+    today = load_recorded_spec(old, parse_spec(d).fingerprint())
+    now = today.trial_config(today.base_width, point, 0)
+    assert now.resolved_ns_dtype == "fp32" and trial_id(0, now) != trial_id(0, then)
 
 
 def test_muon_defaults_to_the_spectral_hidden_lr_rule():
@@ -305,7 +329,8 @@ def test_a_spec_copy_from_before_the_new_settings_is_read_as_the_rule_that_recor
     old.write_text(tomli_w.dumps(d))
     # what the directory's sweep.json holds: the fingerprint the earlier code gave this text
     recorded = parse_spec(d | {"max_shifts": 0, "centre": "previous",
-                               "training": d["training"] | {"hidden_lr_rule": "adam-mup"}}).fingerprint()
+                               "training": d["training"] | {"hidden_lr_rule": "adam-mup", "ns_dtype": "bf16"}}
+                          ).fingerprint()
     spec = load_recorded_spec(old, recorded)
     assert (spec.max_shifts, spec.centre, spec.fixed.hidden_lr_rule) == (0, "previous", "adam-mup")
     assert spec.fingerprint() == recorded

@@ -18,7 +18,7 @@ import torch
 
 from telescope.cli import main
 from telescope.core.contract import COORDCHECK_DEFAULTS, TrialConfig
-from telescope.train.coordcheck import LAYERS, METRIC_LAYERS, coord_check
+from telescope.train.coordcheck import LAYERS, METRIC_LAYERS, coord_check, figure
 from telescope.errors import ConfigError
 
 WIDTHS, STEPS, SEEDS = [32, 64, 128, 256], 4, 2
@@ -89,6 +89,19 @@ def test_sp_blows_up_with_width(check):
     assert check.spread("scale", "sp", "attn", STEPS).ratio > 5  # 32 -> 256: about 10x
 
 
+def test_figure_legends_sit_beside_the_panels_not_on_them(check):
+    fig = figure(check, max_steps_shown=1)  # one row per metric: every row places its legends alike
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax.get_window_extent(renderer) for ax in fig.axes]
+    assert len(panels) == 3 * 3  # variants x metrics
+    for ax in fig.axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert not any(legend.overlaps(panel) for panel in panels), ax.get_title()
+        assert fig.bbox.x0 <= legend.x0 and legend.x1 <= fig.bbox.x1, ax.get_title()
+        assert fig.bbox.y0 <= legend.y0 and legend.y1 <= fig.bbox.y1, ax.get_title()
+
+
 def test_api_rejects_bad_input():
     with pytest.raises(ConfigError, match="widths"):
         coord_check(BASE, [64, 64], STEPS, 1)
@@ -109,8 +122,9 @@ def test_cli_writes_a_png(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "mup/adam-mup" in text and "mup/spectral" in text and "sp " in text and str(out) in text
     image = matplotlib.image.imread(out)
-    # 3 variant columns x (3 metrics x steps 1, 2) rows at 3.4 x 2.4 inches, 80 dpi, RGBA
-    assert image.shape == (6 * 192, 3 * 272, 4)
+    # (3 metrics x steps 1, 2) rows of 2.4 inches at 80 dpi, RGBA; 3 columns of a 2.6-inch panel
+    # and its legend
+    assert image.shape[0] == 6 * 192 and image.shape[2] == 4 and image.shape[1] > 3 * 2.6 * 80
     assert image[..., :3].std() > 0.05  # something was drawn
     assert torch.get_num_threads() == threads  # the trial's torch settings are restored
 

@@ -5,7 +5,9 @@ Everything comes from the sweep directory alone, through the modules that own ea
 levels, grids and optima from replaying the rule against the ledger (telescope.state.sweep_state),
 spend from the ledger's `flops` column, the final run's and brute force's cost from the plan
 (telescope.spec.plan), the drift and loss-vs-width laws from telescope.core.fits. An unfinished sweep
-reports what exists: its finished levels and the pending level's partial grid.
+reports what exists: its finished levels and the pending level's partial grid. Every number carries
+its noise (telescope.core.noise): losses their seed spread, optima their uncertainty, printed to the
+digits that allows; a fit with no degree of freedom left is shown as the exact interpolation it is.
 
     data = make_report("runs/demo", "runs/demo-report")  # writes report.md and the figures
     data.levels[-1].optimum, data.drift["lr"].alpha, data.compute.final_share
@@ -31,7 +33,7 @@ from telescope.read.report.numbers import (
     REPORT_FILE, BruteForceSaving, Compute, LevelSummary, ReportData, compute_summary, level_summaries,
     loss_fit, point_losses,
 )
-from telescope.core.drift import drift_fits
+from telescope.core.noise import extrapolations, level_noises, measured_drift_fits
 from telescope.spec.sweep import SweepSpec
 
 __all__ = [
@@ -55,12 +57,16 @@ def make_report(directory: str | Path, outdir: str | Path, *, axes: Sequence[str
     outdir = _prepare_outdir(Path(directory), Path(outdir))
     trials = ledger.trials()
     points = point_losses(trials, spec.axis_names)
+    noises = level_noises(state.levels)
+    drift = measured_drift_fits(spec.axes, state.levels, noises)
     data = ReportData(
         sweep=spec.name, directory=Path(directory), outdir=outdir, complete=state.complete,
         stopped=state.stopped, target_width=spec.target_width,
-        levels=level_summaries(spec, state, trials, points),
-        drift=drift_fits(spec.axes, state.levels), loss_fit=loss_fit(state.levels),
+        levels=level_summaries(spec, state, trials, points, noises),
+        drift=drift, loss_fit=loss_fit(state.levels, noises),
         compute=compute_summary(plan(spec), trials),
+        extrapolations=extrapolations(spec.axes, state.levels, noises, spec.target_width, drift)
+        if state.levels else {},
     )
     if points.empty:
         data.notes.append("no trial is recorded yet, so there is nothing to plot but the compute plan")
@@ -70,7 +76,7 @@ def make_report(directory: str | Path, outdir: str | Path, *, axes: Sequence[str
             path = outdir / f"grid_level{summary.level}.png"
             data.figures[f"grid_level{summary.level}"] = plot_level_grid(spec, state, points, summary, pair, path)
     if state.levels:
-        data.figures["drift"] = plot_drift(spec, state.levels, data.drift, outdir / "drift.png")
+        data.figures["drift"] = plot_drift(spec, state.levels, data, outdir / "drift.png")
         data.figures["loss_vs_width"] = plot_loss_vs_width(data, outdir / "loss_vs_width.png")
     data.figures["compute"] = plot_compute(data, outdir / "compute.png")
     if coordcheck:

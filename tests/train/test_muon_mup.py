@@ -354,3 +354,24 @@ def test_coord_check_rejects_bad_input():
         mu.coord_check(TinyLM, WIDTHS, batches=batches, layers={"x": ["blocks.9"]}, **kw)
     with pytest.raises(ConfigError, match="layers: x: the module.* never ran"):
         mu.coord_check(lambda w: TinyLM(w, depth=1), WIDTHS, batches=batches, layers={"x": ["blocks"]}, **kw)
+
+
+def test_coord_check_runs_on_the_custom_python_example_model():
+    # examples/custom_python's decoder (RMSNorm, SwiGLU, rotary): the model a user copies
+    from examples.custom_python.model import Decoder
+
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (2, 4, 17), generator=generator)
+    batches = [(t[:, :-1], t[:, 1:]) for t in tokens]
+    check = mu.coord_check(
+        lambda width: Decoder(vocab=VOCAB, width=width, depth=1, head_dim=8, ffn_mult=2, seq_len=16, rope_base=1e4),
+        WIDTHS, base_width=BASE_WIDTH, lr=0.02, init_std=0.05, batches=batches, steps=2, seeds=1,
+        hidden_lr_rules=("spectral",))
+    assert "readout" in check.layers["update"] and any(n.startswith("blocks.") for n in check.layers["update"])
+    for variant in check.variants:
+        for layer in check.layers["update"]:
+            v = torch.tensor(check.values["update"][variant][layer])
+            assert v.shape == (3, len(WIDTHS)) and torch.all(torch.isfinite(v)) and torch.all(v[1:] > 0)
+    # muP's readout multiplier: the initial logits shrink with width under muP, grow under SP
+    mup, sp = (check.values["scale"][v]["readout"][0] for v in ("mup/spectral", "sp"))
+    assert mup[-1] < mup[0] and sp[-1] > sp[0]

@@ -10,8 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -90,13 +89,6 @@ def terminal_cmd(*args: str) -> list[str]:
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(telescope_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def run_clis(*commands: Sequence[str], at_once: int = 3, timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """`run_cli` of each of `commands` (which must not depend on one another), `at_once` at a
-    time: much of a command's time is Python and Ray starting up, waiting more than computing."""
-    with ThreadPoolExecutor(at_once) as pool:
-        return list(pool.map(lambda args: run_cli(*args, timeout=timeout), commands))
 
 
 def raw_trials(out: Path) -> pd.DataFrame:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import shutil
-import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from telescope.run.controller import resume_sweep
 from telescope.run.progress import Progress
 from telescope.store.ledger import CURVES_DIR, TRIALS_DIR, Ledger
 from telescope.store.records import trial_record
-from tests.sweep_helpers import raw_trials, run_cli, run_clis, tree_digest, write_spec
+from tests.sweep_helpers import raw_trials, run_cli, tree_digest, write_spec
 from tests.store.helpers import damage_file, result
 
 
@@ -58,60 +56,39 @@ def stray_part(out: Path, tmp_path: Path) -> Path:
     return Path(shutil.copy(part, out / TRIALS_DIR / part.name))
 
 
-def assert_one_line_exit_2(done: subprocess.CompletedProcess, names: Path) -> str:
+def assert_one_line_exit_2(args: tuple[str, ...], names: Path) -> str:
+    done = run_cli(*args)
     lines = done.stderr.splitlines()
-    assert done.returncode == 2 and "Traceback" not in done.stderr, (done.args, done.stderr)
-    assert len(lines) == 1 and lines[0].startswith(f"telescope: error: {names}: "), (done.args, done.stderr)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"telescope: error: {names}: "), done.stderr
     return lines[0]
 
 
-DAMAGE = [  # (how, sub, command that finishes the sweep)
-    ("truncated", TRIALS_DIR, "resume"),  # a partial copy between volumes
-    ("garbage", CURVES_DIR, "resume"),  # a stray tool overwrote the curves; the trials part is fine
-    ("zero-byte", TRIALS_DIR, "run"),  # a full disk; `run` of the same spec carries on too
-]
+@pytest.mark.parametrize(
+    ("how", "sub", "command"),
+    [
+        ("truncated", TRIALS_DIR, "resume"),  # a partial copy between volumes
+        ("garbage", CURVES_DIR, "resume"),  # a stray tool overwrote the curves; the trials part is fine
+        ("zero-byte", TRIALS_DIR, "run"),  # a full disk; `run` of the same spec carries on too
+    ],
+)
+def test_a_damaged_part_is_named_in_one_line_and_resume_runs_its_trials_again(template, tmp_path, how, sub, command):
+    spec, reference = template
+    out = copy_of(template, tmp_path)
+    bad = only_part(out, sub)
+    damage_file(bad, how)
+    damaged_bytes = bad.read_bytes()
+    partner_sub = CURVES_DIR if sub == TRIALS_DIR else TRIALS_DIR
+    partner_bytes = only_part(out, partner_sub).read_bytes()
+    before = tree_digest(out)
 
-
-@pytest.fixture(scope="module")
-def damaged(template, tmp_path_factory) -> dict[str, SimpleNamespace]:
-    """A copy of the template for each of DAMAGE, its one part in `sub` damaged `how`: what the
-    readers answered and what they left, then what the command that finishes the sweep did (each
-    on a local Ray of its own)."""
-    spec, _ = template
-    cases = {}
-    for how, sub, command in DAMAGE:
-        out = copy_of(template, tmp_path_factory.mktemp(how))
-        bad = only_part(out, sub)
-        damage_file(bad, how)
-        partner_sub = CURVES_DIR if sub == TRIALS_DIR else TRIALS_DIR
-        before = tree_digest(out)
-        readers = run_clis(("status", str(out)), ("export", str(out)), ("status", str(out), "--json"))
-        cases[how] = SimpleNamespace(
-            out=out, bad=bad, partner_sub=partner_sub, damaged_bytes=bad.read_bytes(),
-            partner_bytes=only_part(out, partner_sub).read_bytes(), before=before, readers=readers,
-            after_reading=tree_digest(out),
-            finish=("resume", str(out)) if command == "resume" else ("run", str(spec), "--out", str(out)),
-        )
-    # Two local Rays at once at most: more, on two cores, could starve a starting raylet.
-    finishing = run_clis(*(c.finish + ("--num-cpus", "2") for c in cases.values()), at_once=2)
-    for case, finished in zip(cases.values(), finishing):
-        case.finished = finished
-    return cases
-
-
-@pytest.mark.parametrize(("how", "sub", "command"), DAMAGE)
-def test_a_damaged_part_is_named_in_one_line_and_resume_runs_its_trials_again(template, damaged, how, sub, command):
-    _, reference = template
-    case = damaged[how]
-    out, bad, partner_sub = case.out, case.bad, case.partner_sub
-    assert case.finish[0] == command
-    assert len(case.readers) == 3
-    for done in case.readers:
-        line = assert_one_line_exit_2(done, bad)
+    for args in (("status", str(out)), ("export", str(out)), ("status", str(out), "--json")):
+        line = assert_one_line_exit_2(args, bad)
         assert f"run 'telescope resume {out}' to set it aside" in line
-    assert case.after_reading == case.before  # readers never touch the directory
+        assert tree_digest(out) == before  # readers never touch the directory
 
-    finished = case.finished
+    args = ("resume", str(out)) if command == "resume" else ("run", str(spec), "--out", str(out))
+    finished = run_cli(*args, "--num-cpus", "2")
     assert finished.returncode == 0, finished.stderr
     assert "Traceback" not in finished.stderr and "sweep complete" in finished.stdout
     # one line per file set aside, the damaged one first, saying which trials run again
@@ -125,8 +102,8 @@ def test_a_damaged_part_is_named_in_one_line_and_resume_runs_its_trials_again(te
         assert f" into {quarantine}/: " in note and f"; its {named} trials (" in note and "will run again" in note
     # the damaged part and its partner wait in quarantine/, byte for byte
     prefix = {TRIALS_DIR: "trials", CURVES_DIR: "curves"}
-    assert (quarantine / f"{prefix[sub]}-{bad.name}").read_bytes() == case.damaged_bytes
-    assert (quarantine / f"{prefix[partner_sub]}-{bad.name}").read_bytes() == case.partner_bytes
+    assert (quarantine / f"{prefix[sub]}-{bad.name}").read_bytes() == damaged_bytes
+    assert (quarantine / f"{prefix[partner_sub]}-{bad.name}").read_bytes() == partner_bytes
     # every trial ran again, exactly once, to the same result (trials are deterministic here)
     after = raw_trials(out)
     assert after["trial_id"].is_unique and sorted(after["trial_id"]) == ids
@@ -141,10 +118,10 @@ def test_a_part_of_another_sweep_is_named_and_set_aside_without_rerunning_anythi
     stray = stray_part(out, tmp_path)
     stray_bytes = stray.read_bytes()
     before = tree_digest(out)
-    for done in run_clis(("status", str(out)), ("export", str(out))):
-        line = assert_one_line_exit_2(done, stray)
+    for command in ("status", "export"):
+        line = assert_one_line_exit_2((command, str(out)), stray)
         assert "do not match the rest of this sweep's ledger" in line
-    assert tree_digest(out) == before  # readers never touch the directory
+        assert tree_digest(out) == before
 
     finished = run_cli("resume", str(out), "--num-cpus", "2")
     assert finished.returncode == 0, finished.stderr
@@ -179,9 +156,7 @@ def test_a_damaged_sweep_json_is_one_line_everywhere_and_nothing_changes(templat
     out = copy_of(template, tmp_path)
     (out / "sweep.json").write_text(damaged)
     before = tree_digest(out)
-    answers = run_clis(("status", str(out)), ("export", str(out)), ("resume", str(out), "--num-cpus", "2"))
-    assert len(answers) == 3
-    for done in answers:
-        line = assert_one_line_exit_2(done, out / "sweep.json")
+    for args in (("status", str(out)), ("export", str(out)), ("resume", str(out), "--num-cpus", "2")):
+        line = assert_one_line_exit_2(args, out / "sweep.json")
         assert "restore it from a copy or start a new sweep" in line
-    assert tree_digest(out) == before
+        assert tree_digest(out) == before

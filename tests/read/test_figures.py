@@ -26,16 +26,6 @@ PAIR = ("lr", "weight_decay")
 
 
 @pytest.fixture(scope="module")
-def noisy(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("noisy"))
-
-
-@pytest.fixture(scope="module")
-def one_seed(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("one-seed"), seeds=1)
-
-
-@pytest.fixture(scope="module")
 def report(noisy, tmp_path_factory):
     return make_report(noisy, tmp_path_factory.mktemp("report"), coordcheck=False)
 

@@ -25,17 +25,7 @@ from telescope.read.report.numbers import level_summaries, point_losses
 from telescope.read.status import format_status, sweep_status
 from telescope.run.progress import Progress
 from telescope.state import row_loss, sweep_state
-from tests.read.ledgers import SIGMA, build
-
-
-@pytest.fixture(scope="module")
-def noisy(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("noisy"))
-
-
-@pytest.fixture(scope="module")
-def one_seed(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("one-seed"), seeds=1)
+from tests.read.ledgers import SIGMA
 
 
 def raw_points(out) -> pd.DataFrame:

@@ -13,7 +13,14 @@ reference measures it, sampled between widths) its fastest sample: on a shared m
 disturbed sample is the best estimate of the quiet-machine cost. The peak is the MFU denominator
 for both sides. MFU = model FLOPs (telescope.core.flops, the reference's formula) / step time / peak.
 `ratio` = reference step / engine step (> 1: the engine is faster). Muon overhead = each side's
-muon step over its own adamw step. Writes bench/results/engine.csv.
+muon step over its own adamw step.
+
+The muon rows also time Muon's own step (telescope.train.muon.Muon.step over the hidden matrices,
+on the gradients of one real batch) against the same step with the momentum buffer fetched as it
+once was, `state.setdefault("momentum_buffer", torch.zeros_like(p))`: Python evaluates the
+zeros_like before setdefault looks, so every matrix paid a full-size allocation and fill on every
+step. The two alternate in the same run; `setdefault x` = that step / the current one.
+Writes bench/results/engine.csv.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from bench.common import RESULTS, machine_line, median, table, write_csv  # noqa
 from telescope.core.contract import TrialConfig  # noqa: E402
 from telescope.train.data import train_batches  # noqa: E402
 from telescope.core.flops import flops_per_token, muon_step_flops  # noqa: E402
+from telescope.train.muon import Muon  # noqa: E402
 from telescope.train.trial import build_engine  # noqa: E402
 
 REFERENCE = ROOT.parent / "shared" / "yardsticks" / "ref_gpt.py"
@@ -85,11 +93,15 @@ def reference_step(ref, width: int, optimizer: str) -> Callable[[], object]:
     return step
 
 
+def engine_config(width: int, optimizer: str, steps: int) -> TrialConfig:
+    """The reference's shapes as a trial."""
+    return TrialConfig(width=width, base_width=HEAD_DIM, depth=DEPTH, head_dim=HEAD_DIM, seq_len=SEQ_LEN,
+                       batch_size=BATCH, steps=steps, optimizer=optimizer, device="cpu")
+
+
 def engine_step(width: int, optimizer: str, steps: int) -> Callable[[], object]:
     """A closure over Engine.step, the step run_trial takes, fed real corpus batches."""
-    cfg = TrialConfig(width=width, base_width=HEAD_DIM, depth=DEPTH, head_dim=HEAD_DIM, seq_len=SEQ_LEN,
-                      batch_size=BATCH, steps=WARMUP + steps, optimizer=optimizer, device="cpu")
-    engine = build_engine(cfg)
+    engine = build_engine(engine_config(width, optimizer, WARMUP + steps))
     batches = train_batches(engine.corpus, BATCH, SEQ_LEN, seed=0)
     data = [next(batches) for _ in range(WARMUP + steps)]  # sampled up front: not part of the step
     counter = iter(range(WARMUP + steps))
@@ -98,6 +110,29 @@ def engine_step(width: int, optimizer: str, steps: int) -> Callable[[], object]:
         i = next(counter)
         return engine.step(i, *data[i])
     return step
+
+
+class SetdefaultMuon(Muon):
+    """Muon with the momentum-buffer lookup it used to have: a zero tensor the size of each matrix
+    allocated on every step, then thrown away by setdefault once the buffer exists."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+        return super().step(closure)
+
+
+def muon_steps(width: int) -> dict[str, Callable[[], object]]:
+    """Muon's step on the engine's hidden matrices, as built ("current") and with the old buffer
+    lookup ("setdefault"), both over the same gradients of one real batch."""
+    engine = build_engine(engine_config(width, "muon", WARMUP + 1))
+    engine.model(*next(train_batches(engine.corpus, BATCH, SEQ_LEN, seed=0))).backward()
+    current = next(opt for opt in engine.optimizers if isinstance(opt, Muon))
+    old = SetdefaultMuon([dict(group) for group in current.param_groups], ns_dtype=current.ns_dtype)
+    return {"current": current.step, "setdefault": old.step}
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -130,24 +165,33 @@ def main() -> None:
     ref = load_reference()
     peaks = [matmul_peak_sample()]
     times: dict[tuple[int, str], tuple[list[float], list[float]]] = {}
+    muon_times: dict[int, dict[str, list[float]]] = {}  # width -> Muon's own step, current and setdefault
     for width in args.widths:
         # all four steps of a width round-robin, so bursts of load hit every side alike
         fns = {opt: (reference_step(ref, width, opt), engine_step(width, opt, args.steps)) for opt in ("adamw", "muon")}
+        alloc = muon_steps(width)
         for _ in range(WARMUP):
             for ref_fn, eng_fn in fns.values():
                 ref_fn(), eng_fn()
+            for fn in alloc.values():
+                fn()
         for opt in fns:
             times[width, opt] = ([], [])
+        muon_times[width] = {name: [] for name in alloc}
         for i in range(args.steps):
             for opt, (ref_fn, eng_fn) in fns.items():
                 # alternate which side goes first, so neither always follows the other's cache state
                 pair = ((0, ref_fn), (1, eng_fn)) if i % 2 == 0 else ((1, eng_fn), (0, ref_fn))
                 for side, fn in pair:
                     times[width, opt][side].append(timed(fn))
+            for name in (alloc if i % 2 == 0 else reversed(alloc)):
+                muon_times[width][name].append(timed(alloc[name]))
         peaks.append(matmul_peak_sample())
         for opt in fns:
             print(f"width {width} {opt}: engine {min(times[width, opt][1]) * 1e3:.1f} ms, "
                   f"reference {min(times[width, opt][0]) * 1e3:.1f} ms", flush=True)
+        print(f"width {width} Muon step: current {min(muon_times[width]['current']) * 1e3:.2f} ms, "
+              f"setdefault {min(muon_times[width]['setdefault']) * 1e3:.2f} ms", flush=True)
     peak = max(peaks)
 
     rows = []
@@ -157,6 +201,7 @@ def main() -> None:
         ns_flops = muon_step_flops(width, DEPTH)
         step = {opt: min(times[width, opt][1]) for opt in ("adamw", "muon")}
         ref_step = {opt: min(times[width, opt][0]) for opt in ("adamw", "muon")}
+        muon_step = {name: min(t) for name, t in muon_times[width].items()}
         for opt in ("adamw", "muon"):
             muon = opt == "muon"
             ref_times, eng_times = times[width, opt]
@@ -176,6 +221,9 @@ def main() -> None:
                 "ref_muon_overhead_pct": 100 * (ref_step["muon"] / ref_step["adamw"] - 1) if muon else float("nan"),
                 "ns_gflop_per_step": ns_flops / 1e9 if muon else 0.0,
                 "ns_share_pct": 100 * ns_flops / (model_flops + ns_flops) if muon else 0.0,
+                "muon_step_ms": muon_step["current"] * 1e3 if muon else float("nan"),
+                "setdefault_step_ms": muon_step["setdefault"] * 1e3 if muon else float("nan"),
+                "setdefault_ratio": muon_step["setdefault"] / muon_step["current"] if muon else float("nan"),
                 "peak_gflops": peak / 1e9,
                 "threads": torch.get_num_threads(),
                 "clock": args.clock,
@@ -185,19 +233,24 @@ def main() -> None:
           f"samples): {peak / 1e9:.0f} GFLOP/s; {args.steps} timed steps per side")
     print("  step = fastest of the timed steps; ratio = reference step / engine step (> 1: engine faster); "
           "paired = median [quartiles] of reference/engine over adjacent step pairs; muon+% = muon step over "
-          "the same side's adamw step; NS = Newton-Schulz FLOPs per Muon step (telescope.core.flops.muon_step_flops)")
+          "the same side's adamw step; NS = Newton-Schulz FLOPs per Muon step (telescope.core.flops.muon_step_flops); "
+          "Muon ms = Muon's own step over the hidden matrices; setdefault x = that step with the old "
+          "setdefault(zeros_like) buffer lookup / the current one (same run)")
     shown = [{**r, "paired": f"{r['paired_ratio']:.3f} [{r['paired_q1']:.3f}-{r['paired_q3']:.3f}]"} for r in rows]
     print(table(
         ["width", "optimizer", "step_ms", "tokens_per_s", "mfu", "ref_step_ms", "ref_mfu", "ratio", "paired",
-         "muon_overhead_pct", "ref_muon_overhead_pct", "ns_gflop_per_step", "ns_share_pct"],
+         "muon_overhead_pct", "ref_muon_overhead_pct", "ns_gflop_per_step", "ns_share_pct", "muon_step_ms",
+         "setdefault_ratio"],
         shown,
         formats={"step_ms": ".1f", "tokens_per_s": ".0f", "mfu": ".3f", "ref_step_ms": ".1f", "ref_mfu": ".3f",
                  "ratio": ".3f", "muon_overhead_pct": ".1f", "ref_muon_overhead_pct": ".1f",
-                 "ns_gflop_per_step": ".2f", "ns_share_pct": ".1f"},
+                 "ns_gflop_per_step": ".2f", "ns_share_pct": ".1f", "muon_step_ms": ".2f",
+                 "setdefault_ratio": ".3f"},
         headers={"optimizer": "opt", "step_ms": "step ms", "tokens_per_s": "tok/s", "mfu": "MFU",
                  "ref_step_ms": "ref ms", "ref_mfu": "ref MFU", "paired": "paired ratio",
                  "muon_overhead_pct": "muon+%", "ref_muon_overhead_pct": "ref muon+%",
-                 "ns_gflop_per_step": "NS GFLOP", "ns_share_pct": "NS share%"}))
+                 "ns_gflop_per_step": "NS GFLOP", "ns_share_pct": "NS share%", "muon_step_ms": "Muon ms",
+                 "setdefault_ratio": "setdefault x"}))
     print(f"\nwrote {write_csv(args.out, rows)}")
 
 

@@ -1,7 +1,7 @@
 """Transfer quality at CPU scale: does the telescoped pick match a brute-force grid at the
 calibration width, at a fraction of its compute, and beat plain muP transfer?
 
-    .venv/bin/python bench/transfer.py [--rules adam-mup spectral] [--eval-seeds 1 2 3] [--quick]
+    .venv/bin/python bench/transfer.py [--rules adam-mup spectral] [--eval-seeds 1 2 3] [--paper-rule] [--quick]
 
 The sweep is sweeps/transfer.toml (lr x init_std; 5x5 at width 32 -> 3x3 at 64 -> 3x3 at 128,
 depth 2, seq 64, batch 16, 150 Muon steps, byte-level builtin corpus), run once per Muon
@@ -9,7 +9,10 @@ hidden-lr rule ("adam-mup": hidden lr / width_mult, the paper's rule; "spectral"
 lr / sqrt(width_mult)). For each rule:
 
 (a) telescoping  `telescope.run.controller.run_sweep` on the spec; its pick is what `export` gives
-                 at the calibration width (the refined optimum of the last level).
+                 at the calibration width (the refined optimum of the last level). With
+                 `--paper-rule`, a second sweep of the same spec under the paper's rule (no rings
+                 after level 0, each level centred on the previous optimum: max_shifts = 0,
+                 centre = "previous") is evaluated the same way, as "telescoping (paper's rule)".
 (b) brute force  the base grid's points (same values, same resolution) run at the calibration
                  width through `telescope.run.dispatch.Dispatcher`, seed 0 like the sweep; its pick is
                  the best grid point.
@@ -88,17 +91,22 @@ def unigram_entropy(data: str) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def rule_spec(rule: str, quick: bool, folder: Path) -> Path:
+PAPER_RULE = {"max_shifts": 0, "centre": "previous"}  # the paper's telescoping rule, for --paper-rule
+
+
+def rule_spec(rule: str, quick: bool, folder: Path, paper: bool = False) -> Path:
     data = tomllib.loads(SPEC.read_text())
-    data["name"] = f"transfer-{rule}" + ("-quick" if quick else "")
+    data["name"] = f"transfer-{rule}" + ("-paper" if paper else "") + ("-quick" if quick else "")
     data["training"]["hidden_lr_rule"] = rule
+    if paper:
+        data.update(PAPER_RULE)
     if quick:
         for key, value in QUICK.items():
             if isinstance(value, dict) and key in ("model", "training"):
                 data[key].update(value)
             else:
                 data[key] = value
-    path = folder / "spec.toml"
+    path = folder / ("spec-paper.toml" if paper else "spec.toml")
     path.write_text(tomli_w.dumps(data))
     return path
 
@@ -174,31 +182,59 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else math.nan)
 
 
+def _spent(trials: Any) -> tuple[float, float]:
+    """Model and Newton-Schulz FLOPs of ledger rows (a reused ledger's older rows lack NS FLOPs: null)."""
+    return float(trials["flops"].sum()), float(trials["optimizer_flops"].fillna(0.0).sum())
+
+
+@dataclass
+class Telescoped:
+    """One telescoping sweep of the bench and what it picked at the calibration width."""
+
+    method: str  # the row name in the tables
+    paper: bool
+    spec: SweepSpec
+    sweep_dir: Path
+    state: Any
+    pick: dict[str, float]
+    flops: tuple[float, float]
+    trials: int
+    level0_flops: tuple[float, float]
+    level0_trials: int
+    bracketed: bool
+
+    @classmethod
+    def run(cls, rule: str, folder: Path, name: str, quick: bool, reuse: bool, paper: bool) -> "Telescoped":
+        sweep_dir = folder / name
+        if sweep_dir.exists() and not reuse:
+            shutil.rmtree(sweep_dir)
+        spec_path = rule_spec(rule, quick, folder, paper=paper)
+        spec = load_spec(spec_path)
+        method = "telescoping (paper's rule)" if paper else "telescoping"
+        print(f"[{rule}] (a) {method} sweep {spec.widths} -> {sweep_dir}", flush=True)
+        run_sweep(spec_path, sweep_dir, progress=Progress(interval_s=60))
+        _, ledger, state = sweep_state(sweep_dir)
+        rows = ledger.trials()
+        level0 = rows[rows["level"] == 0]
+        pick = {n: float(v) for n, v in export(sweep_dir, width=spec.calibration_width)["hyperparameters"].items()}
+        return cls(method, paper, spec, sweep_dir, state, pick, _spent(rows), len(rows), _spent(level0),
+                   len(level0), all(lvl.bracketed for lvl in state.levels))
+
+
 def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispatcher) -> dict[str, Any]:
     folder = args.results / ("transfer_quick" if quick else "transfer") / rule
-    sweep_dir = folder / "sweep"
-    if sweep_dir.exists() and not args.reuse:
-        shutil.rmtree(sweep_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    spec_path = rule_spec(rule, quick, folder)
-    spec = load_spec(spec_path)
-    cal, wide = spec.calibration_width, 2 * spec.calibration_width
     seeds = list(args.eval_seeds)
-
     t0 = time.perf_counter()
-    print(f"[{rule}] (a) telescoping sweep {spec.widths} -> {sweep_dir}", flush=True)
-    run_sweep(spec_path, sweep_dir, progress=Progress(interval_s=60))
+    sweeps = [Telescoped.run(rule, folder, "sweep", quick, args.reuse, paper=False)]
+    if args.paper_rule:
+        sweeps.append(Telescoped.run(rule, folder, "sweep-paper", quick, args.reuse, paper=True))
     sweep_s = time.perf_counter() - t0
-    _, ledger, state = sweep_state(sweep_dir)
-    rows = ledger.trials()
-    def spent(trials: Any) -> tuple[float, float]:  # a reused ledger's older rows lack NS FLOPs (null)
-        return float(trials["flops"].sum()), float(trials["optimizer_flops"].fillna(0.0).sum())
-
-    tele_flops, tele_trials = spent(rows), len(rows)
-    level0 = rows[rows["level"] == 0]
-    mup_flops, mup_trials = spent(level0), len(level0)
+    spec, state, sweep_dir = sweeps[0].spec, sweeps[0].state, sweeps[0].sweep_dir
+    cal, wide = spec.calibration_width, 2 * spec.calibration_width
+    mup_flops, mup_trials = sweeps[0].level0_flops, sweeps[0].level0_trials
     names = spec.axis_names
-    tele_pick = {n: float(v) for n, v in export(sweep_dir, width=cal)["hyperparameters"].items()}
+    tele_pick = sweeps[0].pick
     mup_pick = {n: float(v) for n, v in state.levels[0].optimum.point.items()}
     drift = [(lvl.width, dict(lvl.optimum.point)) for lvl in state.levels]
     doc2x = export(sweep_dir, width=wide, extrapolate=True)
@@ -219,7 +255,10 @@ def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispa
         if extrapolated is not None:
             first.append(("2x-extrapolated", spec.trial_config(wide, extrapolated, seeds[0])))
         first += [("brute-force", spec.trial_config(cal, p, spec.seeds[0])) for p in bf_points]
-        first += [("eval-telescoping", spec.trial_config(cal, tele_pick, s)) for s in seeds]
+        for sw in sweeps:
+            first += [(f"eval-{sw.method}", spec.trial_config(cal, sw.pick, s)) for s in seeds]
+            if sw.paper:
+                first.append((f"2x-{sw.method}", spec.trial_config(wide, sw.pick, seeds[0])))
         first += [("eval-mup", spec.trial_config(cal, mup_pick, s)) for s in seeds]
         for role, cfg in first:
             job = runs.job(role, cfg)
@@ -244,13 +283,13 @@ def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispa
 
     # losses at the calibration width over the evaluation seeds
     evals = {m: runs.losses(spec, cal, pt, seeds) for m, pt in
-             (("telescoping", tele_pick), ("brute force", bf_best), ("plain muP", mup_pick))}
+             ((*((sw.method, sw.pick) for sw in sweeps), ("brute force", bf_best), ("plain muP", mup_pick)))}
     stds = [statistics.stdev(v) for v in evals.values() if all(map(math.isfinite, v)) and len(v) > 1]
     sigma = math.sqrt(statistics.fmean([s * s for s in stds])) if stds else math.nan
     tolerance = 2 * sigma * math.sqrt(2 / len(seeds))
     bf_mean, _ = mean_std(evals["brute force"])
     methods = []
-    for method, pick, flops, n_trials in (("telescoping", tele_pick, tele_flops, tele_trials),
+    for method, pick, flops, n_trials in (*((sw.method, sw.pick, sw.flops, sw.trials) for sw in sweeps),
                                          ("brute force", bf_best, bf_flops, len(bf_points)),
                                          ("plain muP", mup_pick, mup_flops, mup_trials)):
         mean, std = mean_std(evals[method])
@@ -258,6 +297,7 @@ def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispa
         delta = mean - bf_mean
         methods.append({
             "rule": rule, "method": method, "trials": n_trials, "flops": flops[0], "ns_flops": flops[1],
+            "bracketed": next((sw.bracketed for sw in sweeps if sw.method == method), None),
             "flops_vs_bf": sum(flops) / sum(bf_flops) if sum(bf_flops) else math.nan,
             **{n: pick[n] for n in names},
             "loss_mean": mean, "loss_std": std, "delta_vs_bf": delta,
@@ -288,7 +328,10 @@ def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispa
                 if math.isfinite(fitted[n]) else math.nan for n in names}
 
     wide_rows = []
+    paper_wide = [(f"exported ({sw.method})", sw.pick, runs.loss(spec.trial_config(wide, sw.pick, seeds[0])))
+                  for sw in sweeps if sw.paper]
     for label, point, loss in (("exported", tele_pick, loss_exported),
+                               *paper_wide,
                                ("extrapolated", extrapolated, loss_extrapolated),
                                ("grid best", dict(best2x.point), best2x.loss),
                                (f"grid fit ({fit_method})", fitted, math.nan)):
@@ -301,6 +344,7 @@ def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispa
         "rule": rule, "spec": spec, "methods": methods, "wide": wide_rows, "sigma": sigma,
         "tolerance": tolerance, "drift": drift, "seeds": seeds, "sweep_s": sweep_s, "runs_s": runs_s,
         "bf_grid": bf_grid.shape, "grid2x": grid2x.shape, "trials": runs.csv_rows(), "wide_width": wide,
+        "sweeps": sweeps,
         "cal_loss_range": (min(cal_losses, default=math.nan), max(cal_losses, default=math.nan)),
     }
 
@@ -363,7 +407,13 @@ def report(results: list[dict[str, Any]], entropy: float) -> list[dict[str, Any]
 
     print()
     for res in results:
-        tele, bf, mup = res["methods"]
+        by_method = {m["method"]: m for m in res["methods"]}
+        tele, bf, mup = by_method["telescoping"], by_method["brute force"], by_method["plain muP"]
+        for sw in res["sweeps"]:
+            m = by_method[sw.method]
+            print(f"[{res['rule']}] {sw.method}: {sw.trials} trials, every level bracketed: "
+                  f"{'yes' if sw.bracketed else 'no'}; gap to brute force {m['delta_vs_bf']:+.4f} "
+                  f"(tolerance {res['tolerance']:.4f}), {m['flops_vs_bf']:.0%} of its FLOPs")
         cheaper = tele["flops"] + tele["ns_flops"] < bf["flops"] + bf["ns_flops"]
         closer = abs(tele["delta_vs_bf"]) < abs(mup["delta_vs_bf"])
         print(f"[{res['rule']}] goal: telescoped pick within noise of brute force "
@@ -392,6 +442,9 @@ def main() -> None:
     parser.add_argument("--grid2x-spacing", type=float, default=2.0,
                         help="the 2x-width grid's spacing, in calibration-level spacings (default 2)")
     parser.add_argument("--quick", action="store_true", help="widths 16 -> 32, tiny models: a minute-scale run")
+    parser.add_argument("--paper-rule", action="store_true",
+                        help="also sweep under the paper's telescoping rule (no rings, centred on the previous "
+                             "optimum) and evaluate its pick next to the default rule's")
     parser.add_argument("--reuse", action="store_true",
                         help="continue existing sweep directories instead of starting afresh")
     parser.add_argument("--results", type=Path, default=RESULTS)

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-SCRIPTS = ("engine.py", "orchestration.py", "transfer.py", "tracking.py")
+SCRIPTS = ("engine.py", "orchestration.py", "transfer.py", "tracking.py", "gpu.py")
 
 
 def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -73,6 +73,30 @@ def test_engine_quick(tmp_path: Path) -> None:
     assert [(r["width"], r["optimizer"]) for r in rows] == [("64", "adamw"), ("64", "muon")]
     assert all(0 < float(r["mfu"]) and 0 < float(r["ratio"]) for r in rows)
     assert float(rows[1]["ns_gflop_per_step"]) > 0 == float(rows[0]["ns_gflop_per_step"])
+    # Muon's own step against the old setdefault(zeros_like) buffer lookup, in the same run
+    assert has_header(out, "Muon ms", "setdefault x")
+    assert float(rows[1]["muon_step_ms"]) > 0 and float(rows[1]["setdefault_ratio"]) > 0
+    assert rows[0]["setdefault_ratio"] == "nan"  # adamw: no Muon step
+
+
+@pytest.mark.bench
+def test_gpu_quick(tmp_path: Path) -> None:
+    out_csv = tmp_path / "gpu.csv"
+    out = run(str(BENCH / "gpu.py"), "--quick", "--out", str(out_csv), timeout=600).stdout
+    assert has_header(out, "part", "setting", "step ms", "MFU (fp32)", "trials/h", "wall s", "speedup")
+    assert "no GPU: the CPU's fp32 peak" in out
+    rows = csv_rows(out_csv)
+    steps = [r for r in rows if r["part"] == "step"]
+    assert [(r["width"], r["setting"]) for r in steps] == [("32", "eager"), ("64", "eager")]
+    assert all(0 < float(r["mfu"]) < 1 and float(r["step_ms"]) > 0 for r in steps)
+    packing = [r for r in rows if r["part"] == "packing"]
+    assert [r["setting"] for r in packing] == ["1 per CPU", "2 per CPU", "4 per CPU"]
+    assert [int(r["trials"]) for r in packing] == [1, 2, 4] and all(float(r["trials_per_hour"]) > 0 for r in packing)
+    workers = [r for r in rows if r["part"] == "workers"]
+    assert [r["setting"] for r in workers] == ["1 worker (task)", "2 workers (Ray Train)"]
+    assert all(float(r["trial_s"]) > 0 for r in workers)
+    # the same global batch on two workers computes what one worker computes
+    assert float(workers[1]["final_loss"]) == pytest.approx(float(workers[0]["final_loss"]), rel=1e-4)
 
 
 @pytest.mark.bench

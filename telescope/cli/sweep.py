@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from telescope.core.memory import DEFAULT_GPU_MEMORY_GB
 from telescope.errors import ConfigError
 
 _ADDRESS_HELP = (
@@ -19,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("plan", help="levels, trials and FLOPs of a sweep before anything runs")
     p.add_argument("spec", help="sweep spec (TOML), e.g. sweeps/demo.toml")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument("--gpu-memory", type=float, default=DEFAULT_GPU_MEMORY_GB, metavar="GB",
+                   help="memory of one GPU in GB (10^9 bytes), which each level's per-worker memory estimate "
+                        f"is held to (default {DEFAULT_GPU_MEMORY_GB:g})")
     p.set_defaults(func=cmd_plan)
 
     p = subparsers.add_parser("run", help="run a telescoping sweep, recording every trial in DIR")
@@ -58,9 +62,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from telescope.spec.preflight import preflight
     from telescope.spec.sweep import load_spec
 
+    if not args.gpu_memory > 0:
+        raise ConfigError("--gpu-memory", f"must be a positive number of GB; got {args.gpu_memory:g}")
     spec = load_spec(args.spec)
     preflight(spec)
-    p = plan(spec)
+    p = plan(spec, gpu_memory_gb=args.gpu_memory)
     print(json.dumps(p.to_dict(), indent=2) if args.json else format_plan(p))
     return 0
 

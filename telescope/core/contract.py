@@ -34,7 +34,12 @@ LEGACY_NS_DTYPE = "bf16"
 COORDCHECK_DEFAULTS = dict(depth=2, seq_len=64, batch_size=8, lr=0.02, init_std=0.02)
 BUILTIN_CORPUS = "builtin:stdlib"
 BYTE_VOCAB = 256  # byte-level text: the vocabulary when a corpus has no tokenizer
-EXECUTION_FIELDS = frozenset({"num_threads"})  # how a trial runs, not what it computes
+# How a trial runs, not what it computes: left out of its id. Micro-batching, compiling and
+# activation checkpointing compute the same gradients, only rounded in another order.
+EXECUTION_FIELDS = frozenset({"num_threads", "micro_batch_size", "compile", "activation_checkpointing",
+                              "loss_read_interval"})
+AUTO_MICRO_BATCH = "auto"
+LOSS_READ_INTERVAL_CUDA = 16
 
 
 def check_val_frac(value: object) -> None:
@@ -47,6 +52,15 @@ def check_vocab_size(value: object) -> None:
     """None (byte-level text), or a token vocabulary that fits the .bin formats' uint32."""
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 2 <= value <= 2**32):
         raise ConfigError("vocab_size", f"must be a whole number in [2, 2^32]; got {value!r}")
+
+
+def divisors(n: int) -> list[int]:
+    """The positive divisors of n, ascending: the micro-batch sizes a batch of n rows splits into."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _nearest_multiple(n: int, k: int) -> int:
+    return max(k, round(n / k) * k)
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,17 @@ class TrialConfig:
     ns_dtype: str = "auto"
     # which code trains it (telescope.core.trainable.Trainable.identity); "" is the built-in GPT
     trainable: str = ""
+    # Execution settings of the built-in engine (EXECUTION_FIELDS: they do not rename a trial).
+    # Rows per forward/backward pass; the gradients of a worker's batch_size / workers rows are
+    # accumulated over its micro-batches before the one optimizer step. None: the whole batch in
+    # one pass; "auto": on cuda the largest micro-batch telescope.core.memory estimates to fit
+    # the device's whole memory (so not for trials packed several to a GPU), on cpu the whole batch.
+    micro_batch_size: int | str | None = None
+    compile: bool = False  # torch.compile the model (worth it on GPUs; slow to compile on CPUs)
+    activation_checkpointing: bool = False  # recompute each block in backward instead of keeping its activations
+    # steps between reads of the train loss from the device (each read waits for the device to
+    # catch up); None: every LOSS_READ_INTERVAL_CUDA steps on cuda, every step on cpu, where a read is free
+    loss_read_interval: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -161,6 +186,36 @@ class TrialConfig:
             raise ConfigError("trainable", f"must be a trainable's identity string; got {self.trainable!r}")
         if not isinstance(self.data, str) or not self.data:
             raise ConfigError("data", f"must be a path or {BUILTIN_CORPUS!r}; got {self.data!r}")
+        for name in ("compile", "activation_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false; got {getattr(self, name)!r}")
+        if self.loss_read_interval is not None and (not isinstance(self.loss_read_interval, int)
+                                                    or isinstance(self.loss_read_interval, bool)
+                                                    or self.loss_read_interval < 1):
+            raise ConfigError("loss_read_interval", f"must be a whole number of steps >= 1 (or unset); "
+                                                    f"got {self.loss_read_interval!r}")
+        self.micro_batches(1)  # a micro-batch that cannot divide the batch fails here, not in a worker
+
+    def micro_batches(self, workers: int) -> tuple[int, int | None]:
+        """(rows per worker, rows per micro-batch) when the global batch is shared by `workers`
+        ranks; the micro-batch is None while it is "auto" (the engine decides it on its device).
+        ConfigError when either does not divide."""
+        if self.batch_size % workers:
+            raise ConfigError("batch_size", f"must be a multiple of the {workers} workers that share it; "
+                                            f"got {self.batch_size}: use {_nearest_multiple(self.batch_size, workers)}")
+        per_worker = self.batch_size // workers
+        micro = self.micro_batch_size
+        if micro is None:
+            return per_worker, per_worker
+        if micro == AUTO_MICRO_BATCH:
+            return per_worker, None
+        if not isinstance(micro, int) or isinstance(micro, bool) or micro < 1 or per_worker % micro:
+            where = f"batch_size {self.batch_size} / {workers} workers = {per_worker}" if workers > 1 else \
+                f"batch_size {self.batch_size}"
+            raise ConfigError("micro_batch_size", f"must divide the rows each worker trains on ({where}); got "
+                                                  f"{micro!r}: use one of {', '.join(map(str, divisors(per_worker)))}, "
+                                                  f"{AUTO_MICRO_BATCH!r}, or leave it unset for the whole batch")
+        return per_worker, micro
 
     @property
     def n_heads(self) -> int:
@@ -195,8 +250,9 @@ class TrialConfig:
     def fingerprint(self) -> str:
         """A stable content hash: equal configs give equal ids, on any machine.
 
-        `num_threads` is left out: it is how a trial is executed (set from the resources it was
-        given), not what it computes, and changing a sweep's resources must not rename its trials.
+        EXECUTION_FIELDS are left out: they are how a trial is executed (threads from the resources
+        it was given, micro-batches, compiling, checkpointing), not what it computes, and changing
+        them must not rename a sweep's trials.
         """
         computed = canonical({k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS})
         if not self.trainable:  # the built-in GPT: its ids are the ones they were before other trainables

@@ -8,10 +8,27 @@
 2. Text: a directory (read recursively, hidden names skipped), a glob (``data/*.txt``) or a single
    file. Files must be UTF-8; their raw bytes are the tokens (vocab 256). Everything is read into
    memory, so for corpora of many GB pre-tokenize to a ``.bin`` file instead.
-3. Pre-tokenized tokens, nanoGPT-style: a ``.bin`` file of raw little-endian token ids, or a
-   directory holding ``train.bin`` and ``val.bin`` (used as the splits, `val_frac` ignored).
-   `vocab_size` is required and fixes the dtype, nanoGPT's rule: uint16 when
-   vocab_size <= 65536, else uint32. The files are memory-mapped, never read whole.
+3. Pre-tokenized tokens: a ``.bin`` file, or a directory holding ``train.bin`` and ``val.bin``
+   (used as the splits, `val_frac` ignored). `vocab_size` is required. Two layouts, told apart
+   by the first four bytes:
+
+   - llm.c / modded-nanogpt: a header of 256 little-endian int32 (magic, version, token count,
+     then zeros) before the tokens. Magic 20240520 with version 1 holds uint16 tokens (GPT-2),
+     magic 20240801 with version 7 uint32 tokens (llama-3). The count must match the file's size.
+   - nanoGPT: raw little-endian token ids, no header; `vocab_size` fixes the dtype, nanoGPT's
+     rule: uint16 when vocab_size <= 65536, else uint32.
+
+   Can a raw file pass for a headered one? A raw uint32 file would need a first id of 20240520
+   or more, above any real vocabulary. A raw uint16 file is read as headered only when its first
+   two ids are (55432, 308) or (55713, 308), the magics' two halves; with vocab_size <= 55432 such
+   a file is invalid as raw anyway, so the ambiguity needs a vocabulary above 55432 and that exact
+   start. Even then the version and the count must match too, or the file fails in one line
+   rather than being misread.
+
+   The files are memory-mapped, never read whole: ids >= vocab_size are looked for in the same
+   evenly spaced blocks the fingerprint samples (every id of a split up to FULL_HASH_BYTES), and
+   telescope.train.data checks every batch it cuts, so a bad id anywhere stops the trial with a
+   ConfigError naming vocab_size, not an index error inside the embedding.
 
 Validation split: text is split *by file* so no file straddles train and val. Files are ranked by
 a hash of their relative path and taken into val in that order until it holds ~val_frac of the
@@ -46,8 +63,11 @@ STDLIB_EXCLUDED_DIRS = frozenset({
     "turtledemo", "ensurepip", "encodings", "pydoc_data",
 })
 STDLIB_EXCLUDED_PREFIXES = ("_sysconfigdata", "config-")
-FULL_HASH_BYTES = 64 * 2**20  # above this, fingerprint sampled blocks instead of every byte
+FULL_HASH_BYTES = 64 * 2**20  # above this, fingerprint and check sampled blocks instead of every byte
 HASH_BLOCKS, HASH_BLOCK_BYTES = 64, 2**16
+# llm.c's token files (dev/data/data_common.py): 256 int32 of header; magic -> (version, token dtype)
+HEADER_BYTES = 256 * 4
+HEADER_FORMATS = {20240520: (1, np.uint16), 20240801: (7, np.uint32)}
 HINT = f"pass {BUILTIN_CORPUS!r}, a directory or glob of UTF-8 text files, or a .bin token file"
 
 
@@ -225,29 +245,82 @@ def _require_vocab(path: Path, vocab_size: int | None) -> int:
 
 
 def _memmap_tokens(path: Path, vocab_size: int) -> np.ndarray:
-    dtype = np.dtype(token_dtype(vocab_size)).newbyteorder("<")
+    """The token part of `path`, memory-mapped, its ids checked in sampled blocks (module doc)."""
     try:
         nbytes = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(HEADER_BYTES)
     except OSError as err:
-        raise ConfigError("data", f"cannot read {path}: {err.strerror}; check the path") from None
+        raise ConfigError("data", f"cannot read {path}: {err.strerror}; check the path and its permissions") from None
     if nbytes == 0:
         raise ConfigError("data", f"token file {path} is empty; re-export the tokens")
-    if nbytes % dtype.itemsize:
-        raise ConfigError(
-            "data",
-            f"{path} is {nbytes} bytes, not a whole number of {dtype.name} tokens "
-            f"(vocab_size {vocab_size} implies {dtype.name}); check vocab_size or re-export",
-        )
+    magic = int.from_bytes(head[:4], "little", signed=True) if len(head) >= 4 else None
+    if magic in HEADER_FORMATS:
+        dtype, offset, count = _header_layout(path, head, nbytes)
+    else:
+        dtype, offset = np.dtype(token_dtype(vocab_size)).newbyteorder("<"), 0
+        if nbytes % dtype.itemsize:
+            raise ConfigError(
+                "data",
+                f"{path} is {nbytes} bytes, not a whole number of {dtype.name} tokens "
+                f"(vocab_size {vocab_size} implies {dtype.name}); check vocab_size or re-export",
+            )
+        count = nbytes // dtype.itemsize
     try:
-        tokens = np.memmap(path, dtype=dtype, mode="r")
+        tokens = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
     except OSError as err:
         raise ConfigError("data", f"cannot read {path}: {err.strerror}; fix its permissions") from None
-    top = int(tokens.max())
+    for block in sampled_blocks(tokens):
+        check_token_ids(str(path), block, vocab_size)
+    return tokens
+
+
+def _header_layout(path: Path, head: bytes, nbytes: int) -> tuple[np.dtype, int, int]:
+    """(dtype, offset, count) of an llm.c token file, whose header is `head`, or a one-line
+    ConfigError when the header is not one telescope reads or disagrees with the file's size."""
+    if len(head) < HEADER_BYTES:
+        raise ConfigError("data", f"{path} starts with llm.c's token-file magic but is only {nbytes} bytes, "
+                                  f"shorter than its {HEADER_BYTES}-byte header: truncated; re-export it")
+    magic, version, count = (int(v) for v in np.frombuffer(head, dtype="<i4", count=3))
+    expected, dtype = HEADER_FORMATS[magic]
+    dtype = np.dtype(dtype).newbyteorder("<")
+    if version != expected:
+        raise ConfigError(
+            "data",
+            f"{path} has llm.c's token-file magic {magic} but header version {version}; telescope reads "
+            f"version {expected} ({dtype.name} tokens) with it: re-export with llm.c's write_datafile",
+        )
+    size = HEADER_BYTES + count * dtype.itemsize
+    if count <= 0 or size != nbytes:
+        raise ConfigError(
+            "data",
+            f"{path}: its header counts {count} {dtype.name} tokens ({size} bytes with the header) but the "
+            f"file is {nbytes} bytes: truncated or damaged; re-export it",
+        )
+    return dtype, HEADER_BYTES, count
+
+
+def sampled_blocks(tokens: np.ndarray) -> list[np.ndarray]:
+    """All of `tokens` up to FULL_HASH_BYTES; above, HASH_BLOCKS evenly spaced blocks of
+    HASH_BLOCK_BYTES, the first at the start and the last at the end: what a loader can afford to
+    read of a file that may hold tens of GB, in every worker."""
+    if tokens.nbytes <= FULL_HASH_BYTES:
+        return [tokens]
+    per_block = HASH_BLOCK_BYTES // tokens.itemsize
+    starts = np.linspace(0, len(tokens) - per_block, HASH_BLOCKS).astype(np.int64)
+    return [tokens[start : start + per_block] for start in starts]
+
+
+def check_token_ids(name: str, tokens: np.ndarray, vocab_size: int) -> None:
+    """A ConfigError naming vocab_size when `tokens` (from `name`) hold an id >= vocab_size:
+    the embedding would fail later with an index error that names neither."""
+    top = int(tokens.max()) if len(tokens) else -1
     if top >= vocab_size:
         raise ConfigError(
-            "vocab_size", f"{path} holds token id {top}, so vocab_size must be > {top}; got {vocab_size}"
+            "vocab_size",
+            f"{name} holds token id {top}, so vocab_size must be > {top}; got {vocab_size} — set it to the "
+            "tokenizer's vocabulary size, or re-export the tokens",
         )
-    return tokens
 
 
 def _token_file_corpus(path: Path, vocab_size: int | None, val_frac: float) -> Corpus:
@@ -286,13 +359,9 @@ def _corpus(name: str, vocab_size: int, train: np.ndarray, val: np.ndarray) -> C
 
 
 def _hash_tokens(h: hashlib._Hash, tokens: np.ndarray) -> None:
-    """Hash every byte of small splits; evenly spaced blocks of big ones (a full pass costs seconds)."""
-    raw = tokens.view(np.uint8)
-    if raw.size <= FULL_HASH_BYTES:
-        h.update(memoryview(np.ascontiguousarray(raw)))
-        return
-    for start in np.linspace(0, raw.size - HASH_BLOCK_BYTES, HASH_BLOCKS).astype(np.int64):
-        h.update(memoryview(np.ascontiguousarray(raw[start : start + HASH_BLOCK_BYTES])))
+    """Hash every byte of small splits; the sampled blocks of big ones (a full pass costs seconds)."""
+    for block in sampled_blocks(tokens):
+        h.update(memoryview(np.ascontiguousarray(block).view(np.uint8)))
 
 
 def check_fits(corpus: Corpus, split: str, tokens: np.ndarray, seq_len: int) -> None:
@@ -323,6 +392,8 @@ def unigram_entropy(corpus: Corpus) -> float:
     counts = np.zeros(corpus.vocab_size, dtype=np.int64)
     chunk = 2**24  # bincount widens to int64: bound the copy for big memory-mapped splits
     for start in range(0, len(corpus.val), chunk):
-        counts += np.bincount(corpus.val[start : start + chunk], minlength=corpus.vocab_size)
+        block = corpus.val[start : start + chunk]
+        check_token_ids(f"{corpus.name} (val split)", block, corpus.vocab_size)  # load only sampled big splits
+        counts += np.bincount(block, minlength=corpus.vocab_size)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())

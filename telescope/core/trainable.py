@@ -8,6 +8,12 @@ three kinds (telescope.spec.fields.read_trainable):
     command   a command line with {placeholders}, run in its own process group; it writes its
               result to result.json in its trial directory, and may append its curve to curve.jsonl
 
+A trial of a level with [resources] workers = N > 1 has N ranks (telescope.run.distributed): the
+built-in GPT and a Python function run on N Ray Train workers with torch.distributed initialised
+(the context's rank, local_rank and world_size), rank 0's result being the trial's; a command runs
+once, holding N x the per-worker resources on one node, and launches its N ranks itself
+({workers}, e.g. torchrun --nproc-per-node {workers}).
+
 All of that is described here, without torch or Ray: the `Trainable` and its identity (which trial
 ids cover), the `TrialContext` a trial receives, the placeholders a command line may use, the
 `Curve` with its divergence rule, and `parse_result`, which turns what a trainable returned or
@@ -64,17 +70,18 @@ RESULT_STATUSES = ("completed", "diverged")  # "failed" is what telescope record
 RESERVED_COLUMNS = frozenset(
     {f.name for f in dataclasses.fields(TrialResult)}
     | {"trial_id", "level", "width", "seed", "point_id", "sampler_trial", "node", "gpu_ids", "attempt",
-       "finished_at", "step"}
+       "workers", "nodes", "finished_at", "step"}
 )
 
 # Placeholders of a command line beyond the TrialConfig fields and [trainable.settings]: the trial's
-# files, the interpreter telescope runs under, and muP's per-group values at the trial's width.
+# files, the interpreter telescope runs under, the ranks it is to launch ({workers}: the level's
+# resources.workers) and muP's per-group values at the trial's width.
 FILE_PLACEHOLDERS = {"trial_dir": "", "context": CONTEXT_FILE, "result": RESULT_FILE, "curve": CURVE_FILE}
 MUP_PLACEHOLDERS = (
     *(f"mup_lr_{g}" for g in GROUPS), *(f"mup_weight_decay_{g}" for g in GROUPS),
     *(f"mup_init_std_{g}" for g in DRAWN), "mup_output_mult",
 )
-BASE_PLACEHOLDERS = ("python", "trial_id", *FILE_PLACEHOLDERS, "width_mult", *MUP_PLACEHOLDERS,
+BASE_PLACEHOLDERS = ("python", "trial_id", *FILE_PLACEHOLDERS, "workers", "width_mult", *MUP_PLACEHOLDERS,
                      *(f for f in TrialConfig.field_names() if f != "trainable"))
 
 
@@ -218,6 +225,12 @@ class TrialContext:
     [training] fix them); `settings` is [trainable.settings]; `mup` holds muP's concrete per-group
     values at this width (telescope.core.scaling.group_values); `trial_dir` is this trial's own
     directory. Call `report` with the loss as training goes.
+
+    A multi-worker trial ([resources] workers > 1) has `world_size` ranks. A Python function runs
+    on each of them with torch.distributed initialised, as rank `rank` (`local_rank` on its node);
+    only rank 0's reports make the curve and only its return value is the result, so report the
+    same (all-reduced) loss on every rank and every rank stops at the same step when it diverges.
+    A command runs once, as rank 0, and launches the `world_size` ranks itself (its {workers}).
     """
 
     trial_id: str
@@ -230,15 +243,18 @@ class TrialContext:
     mup: GroupValues
     trial_dir: Path
     curve: Curve = field(repr=False, compare=False)
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
 
     @classmethod
     def create(cls, trial_id: str, config: TrialConfig, point: Mapping[str, float], settings: Mapping[str, Any],
-               trial_dir: Path) -> "TrialContext":
+               trial_dir: Path, *, rank: int = 0, local_rank: int = 0, world_size: int = 1) -> "TrialContext":
         mup = group_values(config.width_mult, config.lr, config.weight_decay, config.init_std,
                            optimizer=config.optimizer, hidden_lr_rule=config.hidden_lr_rule,
                            parameterization=config.parameterization)
         return cls(trial_id, config.width, config.base_width, config.seed, dict(point), config, dict(settings),
-                   mup, Path(trial_dir), Curve(config.diverge_factor))
+                   mup, Path(trial_dir), Curve(config.diverge_factor), rank, local_rank, world_size)
 
     @property
     def width_mult(self) -> float:
@@ -265,7 +281,8 @@ class TrialContext:
         return json_safe({
             "trial_id": self.trial_id, "width": self.width, "base_width": self.base_width, "seed": self.seed,
             "params": dict(self.params), "settings": dict(self.settings), "config": self.config.to_dict(),
-            "mup": self.mup.to_dict(), "trial_dir": str(self.trial_dir), **({"files": dict(files)} if files else {}),
+            "mup": self.mup.to_dict(), "trial_dir": str(self.trial_dir), "rank": self.rank,
+            "local_rank": self.local_rank, "world_size": self.world_size, **({"files": dict(files)} if files else {}),
         })
 
 
@@ -283,7 +300,7 @@ def placeholder_values(ctx: TrialContext, python: str) -> dict[str, Any]:
     "true"/"false" and lists JSON."""
     values: dict[str, Any] = {**ctx.config.to_dict(), **ctx.settings}
     values.pop("trainable", None)
-    values |= {"python": python, "trial_id": ctx.trial_id, "width_mult": ctx.width_mult,
+    values |= {"python": python, "trial_id": ctx.trial_id, "workers": ctx.world_size, "width_mult": ctx.width_mult,
                "mup_output_mult": ctx.mup.output_mult}
     values |= {name: str(ctx.trial_dir / file) if file else str(ctx.trial_dir) for name, file in FILE_PLACEHOLDERS.items()}
     for group in GROUPS:

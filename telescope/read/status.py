@@ -4,7 +4,10 @@ Finished levels come from the replay (telescope.state), the level in progress fr
 step, and the levels not reached yet from the plan (their grids depend on optima not known yet).
 Every loss is the mean over seeds with the seed spread beside it, every optimum carries its
 uncertainty and is printed to the digits that allows, and an axis whose effect the level cannot
-tell from noise says so (telescope.core.noise).
+tell from noise says so (telescope.core.noise). Each level says how many workers its trials run on
+(the spec's resources.workers) and, once recorded, on how many distinct nodes; `trials` lists every
+recorded trial's status, workers and nodes (a ledger from before multi-worker trials reads as one
+worker each, its nodes unknown).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from telescope.core.noise import best_point, level_noise
 from telescope.core.numbers import json_safe
 from telescope.state import sweep_state
 from telescope.store.lock import lock_holder
+from telescope.store.records import total_flops
 from telescope.spec.plan import plan
 from telescope.state import row_loss
 
@@ -36,7 +40,12 @@ def sweep_status(out: str | Path) -> dict[str, Any]:
             "completed": int(counts.get("completed", 0)), "diverged": int(counts.get("diverged", 0)),
             "failed": int(counts.get("failed", 0)),
             **_best(rows, spec.axis_names, len(spec.seeds)),
-            "flops": float(rows["flops"].sum()) if len(rows) else 0.0,
+            "flops": total_flops(rows),
+            "workers": spec.resources[lp.level].workers,
+            "nodes": _nodes(rows),
+            "trials": [{"trial_id": r["trial_id"], "status": r["status"], "workers": int(r["workers"]),
+                        "nodes": None if pd.isna(r["nodes"]) else int(r["nodes"])}
+                       for r in rows[["trial_id", "status", "workers", "nodes"]].to_dict("records")] if len(rows) else [],
             "bracketed": None,  # known once the level is done
         }
         if lp.level < len(state.levels):
@@ -61,12 +70,19 @@ def sweep_status(out: str | Path) -> dict[str, Any]:
         "controller": lock_holder(out),
         "levels": levels,
         "trials_recorded": int(len(trials)),
-        "flops_spent": float(trials["flops"].sum()) if len(trials) else 0.0,
+        "flops_spent": total_flops(trials),
         "wall_time_s": float(trials["wall_time_s"].sum()) if len(trials) else 0.0,
         "optimum": dict(state.optimum.point) if state.optimum else None,
         "optimum_display": {n: a["display"] for n, a in final["optimum_uncertainty"].items()} if final else None,
         "optimum_width": state.levels[-1].width if state.levels else None,
     }
+
+
+def _nodes(rows: pd.DataFrame) -> list[int]:
+    """The distinct node counts the level's recorded trials ran on ([2]: every trial on two nodes)."""
+    if not len(rows):
+        return []
+    return sorted(int(n) for n in rows["nodes"].dropna().unique())
 
 
 def _best(rows: pd.DataFrame, axes: tuple[str, ...], n_seeds: int) -> dict[str, Any]:
@@ -83,6 +99,20 @@ def _best(rows: pd.DataFrame, axes: tuple[str, ...], n_seeds: int) -> dict[str, 
             "best_point": dict(zip(axes, key))}
 
 
+def _placement(level: dict[str, Any]) -> str:
+    """"  2 workers on 2 nodes" for a level of multi-worker trials: the spec's workers (and any
+    other count its recorded trials ran with) and the nodes its recorded trials used."""
+    used = sorted({t["workers"] for t in level["trials"]} | {level["workers"]})
+    if used == [1]:
+        return ""
+    text = f"  {'/'.join(map(str, used))} workers"
+    nodes = level["nodes"]
+    if nodes:
+        span = str(nodes[0]) if len(nodes) == 1 else f"{nodes[0]}-{nodes[-1]}"
+        text += f" on {span} node{'s' if nodes[-1] != 1 else ''}"
+    return text
+
+
 def format_status(status: dict[str, Any]) -> str:
     head = ("complete" if status["complete"] else "in progress" if status["controller"]
             else "stopped" if status["stopped"] else "interrupted")
@@ -95,7 +125,7 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(
             f"  level {lv['level']}  width {lv['width']:>5}  {lv['grid']:>5} {lv['sampler']:<6} {lv['state']:<11} "
             f"{lv['recorded']:>4} recorded ({lv['completed']} completed, {lv['diverged']} diverged, "
-            f"{lv['failed']} failed)  best {lv['best_loss_text']}"
+            f"{lv['failed']} failed)  best {lv['best_loss_text']}{_placement(lv)}"
         )
         if "optimum" in lv:
             point = ", ".join(f"{name}={a['text']}" for name, a in lv["optimum_uncertainty"].items())

@@ -152,11 +152,12 @@ class _Recorder:
             # Ray reuses worker processes across tasks, so torch's thread count must come from the
             # task's own CPUs, not from the OMP_NUM_THREADS the worker was started with.
             threads = max(1, int(resources.num_cpus))
+            job = self.launcher.job(t.trial_id, t.config.replace(num_threads=threads), t.point, resources,
+                                    time_limit_s=self.spec.time_limit_s, max_retries=self.spec.max_retries)
             self.in_flight[t.trial_id] = t
             self.submitted += 1
             self.display.submitted()
-            fn, arg = self.launcher.target(t.trial_id, t.config.replace(num_threads=threads), t.point)
-            yield Job(t.trial_id, fn, arg, resources, self.spec.time_limit_s)
+            yield job
 
     def record(self, outcome: Outcome) -> None:
         t = self.in_flight.pop(outcome.key)
@@ -164,7 +165,7 @@ class _Recorder:
             t.trial_id, outcome, axes=t.point,
             columns={"level": t.level, "width": t.config.width, "seed": t.seed, "sampler_trial": t.sampler_trial,
                      "point_id": point_id(t.level, t.point)},
-            metrics=self.spec.trainable.metrics,
+            metrics=self.spec.trainable.metrics, workers=self.spec.resources[t.level].workers,
         )
         self.ledger.append([record])
         self.rows[t.trial_id] = record.row

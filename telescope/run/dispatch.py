@@ -8,6 +8,16 @@ argument. Failures never escape as exceptions; each job ends in exactly one `Out
 - its worker process or node died  -> retried by Ray up to `max_retries`, then failure "lost";
 - it ran past its time limit       -> force-cancelled, failure "timeout".
 
+A job whose resources have `workers` > 1 is a launcher: its function starts that many processes
+of its own (a Ray Train trainer: telescope.run.distributed), each holding the job's num_cpus and
+num_gpus. Its task holds nothing itself, since a launcher holding a CPU that its workers wait
+for would deadlock a small cluster, and the dispatcher counts its room in whole groups of workers
+(`capacity`). A force-cancelled launcher takes the actors it made with it, but Ray keeps the
+placement group that held their resources until the driver ends; once it has run a launcher,
+the dispatcher returns every few seconds each such group of its own job whose creating actor has
+died (`release_orphaned_groups`), so a time limit frees the workers' resources for whatever runs
+next.
+
 Time limits count from the moment the task starts running, not from submission: each attempt
 reports its start to a small actor (`_StartLog`) that lives beside the driver, and the driver
 polls that actor while any limited job is in flight. A retried attempt starts its clock afresh.
@@ -57,6 +67,7 @@ Failure = Literal["error", "timeout", "lost"]
 
 _MESSAGE_CHARS = 500
 _CAPACITY_TTL_S = 5.0  # nodes come and go; re-read the cluster this often while a run is going
+_ORPHAN_CHECK_S = 2.0  # how often placement groups left by killed launchers are looked for
 _START_LOG_TIMEOUT_S = 10.0
 _LOST = (WorkerCrashedError, NodeDiedError, OutOfMemoryError, ObjectLostError)
 _LOOPBACK = "127.0.0.1"
@@ -163,21 +174,28 @@ class _StartLog:
         return {s: (now - self._runs[s][0], *self._runs[s][1:]) for s in serials if s in self._runs}
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An exception's type and the first line of its message, cut to a ledger row's length."""
     lines = str(err).strip().splitlines()
     text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
     return text[:_MESSAGE_CHARS]
 
 
+def raised_at(err: BaseException) -> str:
+    """An exception in one line with where it was raised: "ValueError: msg (file.py:12 in fn)"."""
+    frame = traceback.extract_tb(err.__traceback__)[-1]
+    return f"{one_line(err)} ({os.path.basename(frame.filename)}:{frame.lineno} in {frame.name})"
+
+
 @functools.cache
-def _this_host() -> tuple[str, str]:
+def this_host() -> tuple[str, str]:
     """(hostname (ip), node id) of this worker process; fixed for its life."""
     node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
     return node, ray.get_runtime_context().get_node_id()
 
 
 def _execute(fn: Callable[[Any], Any], arg: Any, start_log: Any, serial: int) -> _Report:
-    node, node_id = _this_host()
+    node, node_id = this_host()
     where = _Where(node, node_id, [str(g) for g in ray.get_gpu_ids()])
     # Logged without waiting: a task blocked in ray.get lends its CPU to the next queued task,
     # which would then run beside it. Awaited once fn is done, when lending is harmless.
@@ -186,9 +204,7 @@ def _execute(fn: Callable[[Any], Any], arg: Any, start_log: Any, serial: int) ->
     try:
         value, error, trace = fn(arg), None, None
     except Exception as err:  # noqa: BLE001 — any exception is the job's outcome, not ours
-        frame = traceback.extract_tb(err.__traceback__)[-1]
-        error = f"{_one_line(err)} ({os.path.basename(frame.filename)}:{frame.lineno} in {frame.name})"
-        value, trace = None, traceback.format_exc()
+        value, error, trace = None, raised_at(err), traceback.format_exc()
     wall = time.perf_counter() - t0
     try:
         attempt = ray.get(started, timeout=_START_LOG_TIMEOUT_S)
@@ -343,6 +359,7 @@ class Dispatcher:
         self._start_log: Any = None
         self._serial = 0
         self._capacity_cache: dict[Resources, tuple[float, int]] = {}  # resources -> (when, fits)
+        self._launched = False  # a launcher has run: a killed one's placement group may be left to release
         self._owns_ray = not ray.is_initialized()
         # Taken before ray.init, which replaces it with Ray's own handler.
         self._sigterm_before: SignalHandler = signal.getsignal(signal.SIGTERM) if _on_main_thread() else None
@@ -450,9 +467,15 @@ class Dispatcher:
     def capacity(self, resources: Resources) -> int:
         """How many jobs asking for `resources` fit on the cluster's live nodes at once.
 
-        Counted node by node (a job cannot span nodes) from each node's total resources, so it
-        does not shrink while our own jobs run.
+        Counted node by node (a process cannot span nodes) from each node's total resources, so it
+        does not shrink while our own jobs run; a job of `workers` > 1 is as many such processes,
+        on any nodes.
         """
+        return self._worker_slots(resources) // resources.workers
+
+    @staticmethod
+    def _worker_slots(resources: Resources) -> int:
+        """How many processes holding `resources.num_cpus` / `num_gpus` the live nodes hold at once."""
         want = resources.as_units()
         fits = 0
         for node in ray.nodes():
@@ -473,13 +496,17 @@ class Dispatcher:
 
     def _unfit(self, resources: Resources) -> ConfigError:
         total = ray.cluster_resources()
+        cluster = f"cluster total: {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU"
+        each = f"{resources.num_cpus:g} CPU and {resources.num_gpus:g} GPU"
+        slots = self._worker_slots(resources) if resources.workers > 1 else 0
+        if slots:
+            return ConfigError(
+                "resources.workers",
+                f"no live node can run the {resources.workers} workers of a job asking for {each} each: the live "
+                f"nodes hold {slots} such workers at once ({cluster}); ask for fewer workers or less per worker",
+            )
         field_name = "resources.num_gpus" if resources.num_gpus else "resources.num_cpus"
-        return ConfigError(
-            field_name,
-            f"no live node can run a job asking for {resources.num_cpus:g} CPU and "
-            f"{resources.num_gpus:g} GPU (cluster total: {total.get('CPU', 0):g} CPU, "
-            f"{total.get('GPU', 0):g} GPU)",
-        )
+        return ConfigError(field_name, f"no live node can run a job asking for {each} ({cluster})")
 
     def run(
         self,
@@ -506,7 +533,7 @@ class Dispatcher:
         finished: list[int] = []  # serials the start log may forget
         next_job: Job | None = None
         exhausted = waiting = False
-        last_check = time.monotonic()
+        last_check = last_orphan_check = time.monotonic()
         try:
             while True:
                 while not exhausted and not (next_job is None and waiting):
@@ -551,6 +578,9 @@ class Dispatcher:
                     for outcome in self._enforce_limits(running, finished):
                         on_outcome(outcome)
                         waiting = False
+                if self._launched and time.monotonic() - last_orphan_check >= _ORPHAN_CHECK_S:
+                    last_orphan_check = time.monotonic()
+                    release_orphaned_groups()
         except BaseException as err:
             # Force-cancel only what is still running: cancelling a task that is finishing at
             # that moment can trip a fatal check inside Ray's task manager.
@@ -582,11 +612,13 @@ class Dispatcher:
 
     def _submit(self, job: Job) -> tuple[ray.ObjectRef, int]:
         self._serial += 1
-        task = _on_fresh_worker if job.resources.num_gpus else _on_reused_worker
+        launcher = job.resources.workers > 1  # its workers hold the resources (see the module docstring)
+        self._launched |= launcher
+        task = _on_fresh_worker if job.resources.num_gpus and not launcher else _on_reused_worker
         ref = task.options(
             name=job.key,
-            num_cpus=job.resources.num_cpus,
-            num_gpus=job.resources.num_gpus,
+            num_cpus=0 if launcher else job.resources.num_cpus,
+            num_gpus=0 if launcher else job.resources.num_gpus,
             max_retries=self.max_retries,
             retry_exceptions=False,  # the function's own exceptions are outcomes, never retried
         ).remote(job.fn, job.arg, self._start_log, self._serial)
@@ -597,15 +629,15 @@ class Dispatcher:
             report: _Report = ray.get(ref)
         except _LOST as err:
             _, attempts, where = self._last_start(run)
-            error = f"worker died {attempts} times: {_one_line(err)}"
+            error = f"worker died {attempts} times: {one_line(err)}"
             return self._failed(run, where, error, "lost", attempts, err)
         except RayTaskError as err:  # raised outside the function, e.g. its value would not pickle
             _, attempts, where = self._last_start(run)
             cause = getattr(err, "cause", None) or err
-            return self._failed(run, where, _one_line(cause), "error", attempts, err)
+            return self._failed(run, where, one_line(cause), "error", attempts, err)
         except RayError as err:
             _, attempts, where = self._last_start(run)
-            return self._failed(run, where, _one_line(err), "error", attempts, err)
+            return self._failed(run, where, one_line(err), "error", attempts, err)
         return Outcome(
             key=run.job.key,
             value=report.value,
@@ -680,3 +712,42 @@ class Dispatcher:
                 )
             )
         return outcomes
+
+
+def release_orphaned_groups() -> int:
+    """Remove this job's placement groups whose creating actor has died; how many were removed.
+
+    Ray keeps a placement group made by an actor until both that actor and its job are gone. Ray
+    Train's controller actor makes one per worker group, so a trainer whose launcher was
+    force-killed would hold its workers' resources for the rest of the sweep (Ray Train's own
+    cleaner asks the dashboard's state API, which the private local Ray does not run). Only
+    groups of this driver's job go, and only those whose creator is dead: nothing can still use
+    them. Ray's public placement-group table leaves out the creator, hence the raw GCS table; if
+    a Ray release changes it, this warns once and releases nothing rather than stop the sweep.
+    """
+    try:
+        from ray._private.state import state
+        from ray.core.generated import gcs_pb2
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+        job = ray.get_runtime_context().get_job_id()
+        nil_actor = ray.ActorID.nil().binary()  # the creator of a group made by a task or the driver
+        removed = 0
+        for raw in state._connect_and_get_accessor().get_placement_group_table():
+            data = gcs_pb2.PlacementGroupTableData.FromString(raw)
+            if data.state == gcs_pb2.PlacementGroupTableData.REMOVED or data.is_detached:
+                continue
+            if data.creator_job_id.hex() == job and data.creator_actor_id != nil_actor and data.creator_actor_dead:
+                with contextlib.suppress(RayError):
+                    remove_placement_group(PlacementGroup(ray.PlacementGroupID(data.placement_group_id)))
+                    removed += 1
+        return removed
+    except Exception as err:  # noqa: BLE001 — Ray's internals moved: keep the sweep going, say so once
+        _warn_once(f"cannot look for placement groups left by killed trials ({one_line(err)}); a multi-worker "
+                   "trial stopped by its time limit may keep its workers' resources until the sweep ends")
+        return 0
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logging.getLogger(__name__).warning(message)

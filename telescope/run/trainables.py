@@ -6,6 +6,13 @@ turns one trial into what the dispatcher runs:
 - the built-in GPT: telescope.train.trial.run_trial on the TrialConfig, exactly as before;
 - a user's Python function or command: `run_trainable` on a `TrainableTask`, on the worker.
 
+`Launcher.job` makes the dispatcher Job of one trial at its level's resources. A multi-worker
+trial ([resources] workers = N > 1) of the built-in GPT or of a Python function is a Ray Train
+launcher (telescope.run.distributed) that runs the same function on every one of its N workers,
+a Python function as rank `ctx.rank` of `ctx.world_size` with torch.distributed initialised. A
+command's trial stays one Ray task, holding N x the per-worker resources on one node; the command
+launches its N ranks itself, from the {workers} placeholder (torchrun --nproc-per-node {workers}).
+
 `run_trainable` gives the trial its own directory, DIR/trials/<trial_id>/ under the sweep
 directory when the worker sees it (one machine, or a shared filesystem), else a directory under
 the worker node's temporary directory. It clears telescope's own files there (a re-run after a
@@ -49,6 +56,9 @@ from telescope.core.trainable import (
     Trainable, TrialContext, TrialDiverged, failed_result, import_function, parse_result, placeholder_values,
     render_command,
 )
+from telescope.run.dispatch import Job
+from telescope.run.distributed import DistributedTask, run_distributed
+from telescope.spec.resources import Resources
 
 TRIALS_DIR = "trials"  # DIR/trials/<trial_id>/: each trial's own directory
 SUPERVISOR = Path(__file__).with_name("supervisor.py")
@@ -68,6 +78,7 @@ class TrainableTask:
     point: dict[str, float]
     trial_root: str  # the sweep's DIR/trials, as the controller sees it
     code_dir: str | None  # the trainable's working_dir, absolute; None: Ray shipped it (the worker's cwd)
+    workers: int = 1  # the ranks a command launches itself ({workers})
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ class Launcher:
     """How one sweep's trials become jobs. `runtime_env` is what the dispatcher passes to Ray."""
 
     trainable: Trainable
-    trial_root: Path | None = None
+    trial_root: Path | None = None  # DIR/trials; for the built-in GPT only made once a trial needs it
     code_dir: str | None = None
     runtime_env: dict[str, Any] | None = None
 
@@ -83,9 +94,9 @@ class Launcher:
     def for_sweep(cls, trainable: Trainable, sweep_dir: str | Path, address: str | None) -> "Launcher":
         """Creates DIR/trials/ for a user's trainable. On a private local Ray the workers share
         this filesystem; on a cluster (`address`) Ray ships the working directory."""
-        if trainable.builtin:
-            return cls(trainable)
         root = Path(sweep_dir).resolve() / TRIALS_DIR
+        if trainable.builtin:
+            return cls(trainable, root)
         root.mkdir(exist_ok=True)
         code = Path(trainable.working_dir).resolve()
         if address is None:
@@ -95,29 +106,57 @@ class Launcher:
             env["excludes"] = [f"/{root.parent.relative_to(code).as_posix()}/"]
         return cls(trainable, root, None, env)
 
-    def target(self, trial_id: str, config: TrialConfig, point: dict[str, float]) -> tuple[Callable[[Any], Any], Any]:
-        """The function and argument of one trial's job."""
+    def target(self, trial_id: str, config: TrialConfig, point: dict[str, float], *,
+               workers: int = 1) -> tuple[Callable[[Any], Any], Any]:
+        """The function and argument of one trial on one worker (a command: launching `workers` ranks)."""
         if self.trainable.builtin:
             from telescope.train.trial import run_trial  # torch: only the built-in GPT needs it
 
             return run_trial, config
         assert self.trial_root is not None
         return run_trainable, TrainableTask(self.trainable, trial_id, config, dict(point), str(self.trial_root),
-                                            self.code_dir)
+                                            self.code_dir, workers)
+
+    def job(self, trial_id: str, config: TrialConfig, point: dict[str, float], resources: Resources, *,
+            time_limit_s: float | None, max_retries: int) -> Job:
+        """One trial's dispatcher Job at `resources` (see the module docstring)."""
+        workers = resources.workers
+        if workers == 1:
+            return Job(trial_id, *self.target(trial_id, config, point), resources, time_limit_s)
+        if self.trainable.kind == "command":
+            fn, arg = self.target(trial_id, config, point, workers=workers)
+            return Job(trial_id, fn, arg, _one_task_for(resources), time_limit_s)
+        if self.trainable.builtin:
+            config.micro_batches(workers)  # ConfigError now, not on every rank of every retry
+        _, arg = self.target(trial_id, config, point)
+        assert self.trial_root is not None
+        task = DistributedTask(trial_id, arg, workers, resources, max_retries, str(self.trial_root))
+        return Job(trial_id, run_distributed, task, resources, time_limit_s)
 
 
-def run_trainable(task: TrainableTask) -> TrialResult:
-    """Run one trial of a user's trainable on this worker (see the module docstring)."""
+def _one_task_for(resources: Resources) -> Resources:
+    """What a command trial's one task holds: all its workers' resources, on one node (whole GPUs:
+    Resources refuses fractions for several workers)."""
+    n = resources.workers
+    return Resources(round(resources.num_cpus * n, 4), resources.num_gpus * n)
+
+
+def run_trainable(task: TrainableTask, *, rank: int = 0, local_rank: int = 0, world_size: int | None = None) -> TrialResult:
+    """Run one trial of a user's trainable on this worker (see the module docstring): as rank
+    `rank` of `world_size` (a multi-worker trial's Ray Train worker), or alone. Rank 0 prepares
+    the trial directory; the other ranks use it as it is."""
     start = time.perf_counter()
-    trial_dir = trial_directory(task.trial_root, task.trial_id)
+    trial_dir = trial_directory(task.trial_root, task.trial_id, clear=rank == 0)
     code_dir = task.code_dir or os.getcwd()
-    ctx = TrialContext.create(task.trial_id, task.config, task.point, task.trainable.settings_dict(), trial_dir)
+    ctx = TrialContext.create(task.trial_id, task.config, task.point, task.trainable.settings_dict(), trial_dir,
+                              rank=rank, local_rank=local_rank, world_size=world_size or task.workers)
     metrics = task.trainable.metrics
     if not os.path.isdir(code_dir):
         return failed_result(f"trainable.working_dir {code_dir} is not a directory on this node; on a cluster, "
                              "run with --address so that Ray ships it", metrics=metrics)
     if task.trainable.kind == "python":
-        _write_context(ctx, None)
+        if rank == 0:
+            _write_context(ctx, None)
         return _run_python(task.trainable, ctx, code_dir, start)
     _write_context(ctx, {"result": str(trial_dir / RESULT_FILE), "curve": str(trial_dir / CURVE_FILE)})
     return _run_command(task.trainable, ctx, code_dir, start)
@@ -128,16 +167,17 @@ def _write_context(ctx: TrialContext, files: dict[str, str] | None) -> None:
     (ctx.trial_dir / CONTEXT_FILE).write_text(text, encoding="utf-8")
 
 
-def trial_directory(root: str, trial_id: str) -> Path:
-    """The trial's own directory, emptied of telescope's files: under the sweep directory when
-    this node sees it, else under this node's temporary directory."""
-    if os.path.isdir(root):
+def trial_directory(root: str, trial_id: str, *, clear: bool = True) -> Path:
+    """The trial's own directory (`root` is the sweep's DIR/trials), emptied of telescope's files
+    unless `clear` is False: under the sweep directory when this node sees it, else under this
+    node's temporary directory."""
+    if os.path.isdir(os.path.dirname(root)):
         path = Path(root) / trial_id
     else:
         sweep = hashlib.sha256(root.encode()).hexdigest()[:12]
         path = Path(tempfile.gettempdir()) / "telescope-trials" / sweep / trial_id
     path.mkdir(parents=True, exist_ok=True)
-    for name in TRIAL_FILES:
+    for name in TRIAL_FILES if clear else ():
         with contextlib.suppress(FileNotFoundError):
             (path / name).unlink()
     return path

@@ -22,7 +22,7 @@ from telescope.core.trainable import BASE_PLACEHOLDERS, KINDS, RESERVED_COLUMNS,
 from telescope.errors import ConfigError
 from telescope.spec.resources import Resources
 
-RESOURCE_KEYS = ("num_cpus", "num_gpus", "time_limit_s", "max_retries")
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "workers", "time_limit_s", "max_retries")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MODEL_FIELDS = ("depth", "head_dim", "mlp_ratio", "parameterization")
 # Set by the sweep itself, not by [model]/[training]: where each comes from, for the error message.
@@ -146,13 +146,18 @@ def spec_path(field: str, axis_names: Sequence[str]) -> str:
     return {"seed": "seeds"}.get(field, field)
 
 
-def read_resources(value: Any, n_levels: int) -> tuple[tuple[Resources, ...], float | None, int]:
-    """[resources] as (one Resources per level, time_limit_s or None, max_retries)."""
+def read_resources(value: Any, n_levels: int, *, workers: bool = False) -> tuple[tuple[Resources, ...], float | None, int]:
+    """[resources] as (one Resources per level, time_limit_s or None, max_retries). `workers`:
+    whether the spec's trials may run on several workers each (a sweep's may)."""
+    keys = RESOURCE_KEYS if workers else tuple(k for k in RESOURCE_KEYS if k != "workers")
     if not isinstance(value, Mapping):
-        raise ConfigError("resources", f"must be a table: [resources] with {', '.join(RESOURCE_KEYS)}")
-    reject_unknown(value, RESOURCE_KEYS, "resources.")
+        raise ConfigError("resources", f"must be a table: [resources] with {', '.join(keys)}")
+    if "workers" in value and not workers:
+        raise ConfigError("resources.workers", "multi-worker trials run in sweeps only; remove it here")
+    reject_unknown(value, keys, "resources.")
     cpus = _per_level(value.get("num_cpus", 1), n_levels, "resources.num_cpus", _check_cpus)
     gpus = _per_level(value.get("num_gpus", 0), n_levels, "resources.num_gpus", _check_gpus)
+    counts = _per_level(value.get("workers", 1), n_levels, "resources.workers", _check_workers)
     time_limit = value.get("time_limit_s")
     if time_limit is not None and not (is_number(time_limit) and time_limit > 0):
         raise ConfigError(
@@ -160,7 +165,7 @@ def read_resources(value: Any, n_levels: int) -> tuple[tuple[Resources, ...], fl
             f"must be a positive number of seconds (or left out); got {time_limit!r}",
         )
     retries = whole_number(value.get("max_retries", 3), "resources.max_retries", 0)
-    return tuple(Resources(c, g) for c, g in zip(cpus, gpus)), time_limit, retries
+    return tuple(Resources(c, g, n) for c, g, n in zip(cpus, gpus, counts)), time_limit, retries
 
 
 def _per_level(value: Any, n_levels: int, field: str, check: Any) -> list[float]:
@@ -175,6 +180,12 @@ def _per_level(value: Any, n_levels: int, field: str, check: Any) -> list[float]
 def _check_cpus(v: Any, field: str) -> None:
     if not (is_number(v) and v > 0):
         raise ConfigError(field, f"must be a number of CPUs per trial > 0 (e.g. 1); got {v!r}")
+
+
+def _check_workers(v: Any, field: str) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ConfigError(field, f"must be a whole number of worker processes per trial >= 1 (e.g. 2; num_cpus and "
+                                 f"num_gpus are then per worker); got {v!r}")
 
 
 def _check_gpus(v: Any, field: str) -> None:

@@ -12,6 +12,12 @@ final model directly). Two grids are priced:
     This is the comparison the paper's "savings typically higher than 50%" refers to.
   - "finest spacing": the last level's spacing over the base grid's range, i.e. the resolution
     telescoping ends with, reached by brute force.
+
+Memory per worker (telescope.core.memory, for the built-in GPT only): each level's trial at the
+spec's micro_batch_size (unset: each worker's whole share of the batch in one pass), against an
+assumed device memory (`telescope plan --gpu-memory`, default DEFAULT_GPU_MEMORY_GB); where it
+does not fit, the largest micro-batch that does, or that even one row per pass needs more memory
+per worker than the device has. A user's trainable has its own model, so no estimate is made.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from telescope.core.contract import BYTE_VOCAB
+from telescope.core import memory
+from telescope.core.contract import AUTO_MICRO_BATCH, BYTE_VOCAB
 from telescope.core.flops import optimizer_flops, training_flops
 from telescope.spec.samplers import sampler_info
 from telescope.spec.sweep import SweepSpec
 from telescope.core.rule import count_schedule
 
+DEFAULT_GPU_MEMORY_GB = memory.DEFAULT_GPU_MEMORY_GB
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,14 @@ class LevelPlan:
     optimizer_flops_per_trial: float  # Muon's Newton-Schulz part of it (0 for AdamW)
     flops: float
     share: float  # of the sweep's planned total
+    workers: int = 1  # processes per trial (resources.workers)
+    # telescope.core.memory's estimate per worker, in bytes, at `micro_batch` rows per pass (None for
+    # a user's trainable); `fits` the plan's device memory (None on cpu, where it is not GPU memory);
+    # `fitting_micro_batch`: the largest micro-batch that fits (None when not even 1 does)
+    micro_batch: int | None = None
+    memory_per_worker: float | None = None
+    fits: bool | None = None
+    fitting_micro_batch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,12 +92,14 @@ class Plan:
     brute_force: tuple[BruteForce, ...]
     target_width: int
     final_run_flops: float  # one training run at target_width with the spec's steps
+    gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB  # the device memory the levels' estimates are held to
+    memory_device: str | None = None  # what the estimates assume: "cuda" (bf16), "cpu" (fp32), None: none made
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def plan(spec: SweepSpec) -> Plan:
+def plan(spec: SweepSpec, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB) -> Plan:
     fixed = spec.fixed
     vocab = fixed.vocab_size or BYTE_VOCAB
     seeds = len(spec.seeds)
@@ -105,6 +123,10 @@ def plan(spec: SweepSpec) -> Plan:
                   per, ns_flops(width), trials * per, trials * per / total)
         for level, width, counts, trials, per in rows
     )
+    memory_device = None
+    if spec.trainable.builtin:
+        memory_device = "cpu" if fixed.device == "cpu" else "cuda"
+        levels = tuple(_with_memory(lv, spec, vocab, memory_device, gpu_memory_gb) for lv in levels)
 
     base = schedule[0]
     # The worst case: every ring grows every axis by one point (a grid level only: a sampler
@@ -144,7 +166,58 @@ def plan(spec: SweepSpec) -> Plan:
         brute_force=brute,
         target_width=spec.target_width,
         final_run_flops=trial_flops(spec.target_width),
+        gpu_memory_gb=gpu_memory_gb,
+        memory_device=memory_device,
     )
+
+
+def _with_memory(lv: LevelPlan, spec: SweepSpec, vocab: int, device: str, gpu_memory_gb: float) -> LevelPlan:
+    """`lv` with its trial's memory per worker; a batch the workers cannot share is a ConfigError."""
+    workers = spec.resources[lv.level].workers
+    cfg = spec.fixed.replace(width=lv.width)
+    per_worker, micro = cfg.micro_batches(workers)
+    fitting = fits = None
+    if device == "cuda":
+        fitting = memory.fitting_micro_batch(cfg, vocab, gpu_memory_gb * memory.GB, workers=workers, device=device)
+        if cfg.micro_batch_size == AUTO_MICRO_BATCH:  # what the engine will pick on such a GPU
+            micro = fitting or 1
+    micro = micro or per_worker
+    need = memory.estimate(cfg, vocab, micro_batch=micro, workers=workers, device=device).total
+    if device == "cuda":
+        fits = need <= gpu_memory_gb * memory.GB * (1 - memory.HEADROOM)
+    return dataclasses.replace(lv, workers=workers, micro_batch=micro, memory_per_worker=need, fits=fits,
+                               fitting_micro_batch=fitting)
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in decimal units, three significant digits: "52.7 GB", "312 MB"."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def _memory_lines(p: Plan) -> list[str]:
+    if p.memory_device is None:
+        return ["", "memory: no estimate for your own trainable (telescope.core.memory models the built-in GPT's "
+                    "tensors only)"]
+    gb = f"{p.gpu_memory_gb:g} GB"
+    if p.memory_device == "cpu":
+        lines = ["", "memory per worker (estimate for the built-in GPT in fp32 on the CPU; not held to a GPU's):"]
+    else:
+        lines = ["", f"memory per worker (estimate for the built-in GPT, bf16 on a GPU; assumed {gb} per GPU, "
+                     f"--gpu-memory to change):"]
+    for lv in p.levels:
+        rows = f"{lv.micro_batch} row{'s' if lv.micro_batch > 1 else ''} per pass"
+        workers = f", {lv.workers} workers" if lv.workers > 1 else ""
+        line = f"  level {lv.level}  width {lv.width:>5}: {format_bytes(lv.memory_per_worker):>8} ({rows}{workers})"
+        if lv.fits is False:
+            if lv.fitting_micro_batch is None:
+                line += f": more than {gb}, and so is 1 row per pass: needs more workers or more memory per GPU"
+            else:
+                line += f': more than {gb}; micro_batch_size = {lv.fitting_micro_batch} (or "auto") fits'
+        lines.append(line)
+    return lines
 
 
 def _shape(counts: tuple[int, ...]) -> str:
@@ -220,4 +293,4 @@ def format_plan(p: Plan) -> str:
         f"one training run at the target width {p.target_width} with the spec's steps: "
         f"{_flops(p.final_run_flops)} FLOPs; the sweep costs {p.flops / p.final_run_flops:.2g}x that",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _memory_lines(p))

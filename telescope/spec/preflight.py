@@ -1,7 +1,7 @@
 """Everything about a spec that can be checked before Ray starts, beyond its TOML:
 
 - the built-in GPT: that the corpus it names exists, reads, and holds a window of seq_len tokens
-  in both splits;
+  in both splits, and that every level's workers can share its batch (and micro-batches);
 - a user's trainable: that its working_dir is a directory, that its Python function imports
   (which runs the module's top level here, as a worker will), or that its command's program
   exists and its placeholders fill in for a trial.
@@ -34,6 +34,8 @@ def preflight(spec: SweepSpec) -> None:
         return
     fixed = spec.fixed
     try:
+        for resources in spec.resources:
+            fixed.micro_batches(resources.workers)
         check_corpus(fixed.data, fixed.vocab_size, fixed.val_frac, fixed.seq_len)
     except ConfigError as err:
         raise ConfigError(spec_path(err.field, spec.axis_names), err.message) from None

@@ -19,10 +19,14 @@ UNITS = 10_000
 
 @dataclass(frozen=True)
 class Resources:
-    """What one job holds while it runs. Fractional GPUs pack several jobs on one GPU."""
+    """What one job holds while it runs. Fractional GPUs pack several jobs on one GPU.
+
+    `workers` > 1 makes the job a multi-worker trial: `num_cpus` and `num_gpus` are then what each
+    of its `workers` processes holds (Ray Train's resources per worker)."""
 
     num_cpus: float = 1
     num_gpus: float = 0
+    workers: int = 1
 
     def __post_init__(self) -> None:
         for name in ("num_cpus", "num_gpus"):
@@ -39,6 +43,14 @@ class Resources:
                 "resources.num_gpus",
                 f"fractional GPUs > 1 for one trial cannot be packed; got {self.num_gpus!r}: use a fraction "
                 "<= 1 (0.25 runs four trials per GPU) or a whole number",
+            )
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 1:
+            raise ConfigError("resources.workers", f"must be a whole number >= 1; got {self.workers!r}")
+        if self.workers > 1 and 0 < self.num_gpus < 1:
+            raise ConfigError(
+                "resources.num_gpus",
+                f"the {self.workers} workers of a trial need a whole GPU each (NCCL runs one rank per GPU); got "
+                f"{self.num_gpus!r}: use num_gpus = 1, or workers = 1 to pack trials on a GPU",
             )
         if self.num_cpus == 0 and self.num_gpus == 0:
             raise ConfigError(

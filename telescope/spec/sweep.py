@@ -7,8 +7,9 @@ Layout (sweeps/demo.toml is a commented example):
     [model]      the shape held fixed across widths: depth, head_dim, mlp_ratio, parameterization
     [training]   every other TrialConfig setting held fixed: steps, seq_len, batch_size, data, ...
     [axes.NAME]  one table per swept hyperparameter: low, high, scale ("log"/"linear"), points
-    [resources]  per trial: num_cpus, num_gpus (a number, or a list with one per level),
-                 time_limit_s, max_retries
+    [resources]  per trial: num_cpus, num_gpus, workers (each a number, or a list with one per
+                 level; with workers > 1, num_cpus and num_gpus are per worker), time_limit_s,
+                 max_retries
     [trainable]  which code trains each trial: the built-in GPT (absent), a Python function or a
                  command line (telescope.core.trainable, read by telescope.spec.fields.read_trainable)
 
@@ -27,7 +28,7 @@ from typing import Any
 
 import tomli_w
 
-from telescope.core.contract import LEGACY_NS_DTYPE, TrialConfig
+from telescope.core.contract import EXECUTION_FIELDS, LEGACY_NS_DTYPE, TrialConfig
 from telescope.core.numbers import canonical
 from telescope.core.trainable import Trainable
 from telescope.errors import ConfigError
@@ -159,6 +160,8 @@ class SweepSpec:
                 "num_gpus": _per_level_out([r.num_gpus for r in self.resources]),
             },
         }
+        if any(r.workers != 1 for r in self.resources):  # absent when every trial has one worker, as before
+            data["resources"]["workers"] = _per_level_out([r.workers for r in self.resources])
         if self.time_limit_s is not None:
             data["resources"]["time_limit_s"] = self.time_limit_s
         data["resources"]["max_retries"] = self.max_retries
@@ -180,6 +183,8 @@ class SweepSpec:
         }
         if "trainable" in data:  # where the code lives is not what it computes
             data["trainable"] = {k: v for k, v in data["trainable"].items() if k != "working_dir"}
+        # how trials run (micro-batches, compiling, ...), not what they compute: as trial ids do
+        data["training"] = {k: v for k, v in data["training"].items() if k not in EXECUTION_FIELDS}
         if data["training"].get("ns_dtype") == LEGACY_NS_DTYPE:  # as before the setting existed
             data["training"] = {k: v for k, v in data["training"].items() if k != "ns_dtype"}
         blob = json.dumps(canonical(data), sort_keys=True, separators=(",", ":"))
@@ -287,7 +292,7 @@ def parse_spec(data: Mapping[str, Any]) -> SweepSpec:
     schedule = count_schedule([a.points for a in axes], len(widths), min_points)
     for level, (sampler, counts) in enumerate(zip(samplers, schedule)):
         check_budget(sampler, level, math.prod(counts), len(axes))
-    resources, time_limit, max_retries = read_resources(data.get("resources", {}), len(widths))
+    resources, time_limit, max_retries = read_resources(data.get("resources", {}), len(widths), workers=True)
     return SweepSpec(
         name=name,
         base_width=base,

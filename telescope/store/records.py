@@ -46,15 +46,16 @@ CORE_SCHEMA = pa.schema([
     ("error", pa.string()),  # null unless the trial failed or diverged
     ("point_id", pa.string()),  # the controller's grid-point id, if it has one
     ("sampler_trial", pa.int64()),  # the sampler's (e.g. Optuna's) trial number, if any
-    ("attempt", pa.int64()),
+    ("attempt", pa.int64()),  # starts of the trial (of its worker group, for a multi-worker trial)
+    ("workers", pa.int64()),  # processes that trained it (Ray Train workers); 1 for a one-worker trial
+    ("nodes", pa.int64()),  # distinct nodes its workers ran on; null where unknown (it never trained)
     ("finished_at", pa.timestamp("us", tz="UTC")),
 ])
-NULLABLE = frozenset({"error", "point_id", "sampler_trial"})
-# Core columns added after ledgers were first written. A part written before them reads with them
-# null (`upgrade_schema`, `upgrade_table`, applied as each part is read), so older sweeps still
-# read, resume and compact; every new row has them.
-ADDED_COLUMNS = ("optimizer_flops",)
-_EARLIER_CORE = [(f.name, f.type) for f in CORE_SCHEMA if f.name not in ADDED_COLUMNS]
+NULLABLE = frozenset({"error", "point_id", "sampler_trial", "nodes"})
+# Core columns added after ledgers were first written, and what a part written before them reads
+# there (`upgrade_schema`, `upgrade_table`, applied as each part is read), so older sweeps still
+# read, resume and compact; every new row has them. Every trial before `workers` had one worker.
+ADDED_COLUMNS: dict[str, Any] = {"optimizer_flops": None, "workers": 1, "nodes": None}
 # What the caller must give in `columns`; every other core column has a default or comes from
 # the TrialResult.
 REQUIRED_COLUMNS = ("level", "width", "seed")
@@ -91,8 +92,8 @@ def trial_record(
     """Flatten a trial's result into a ledger record.
 
     `axes`: the swept hyperparameters, named as in the spec (numbers are stored as float64).
-    `columns`: level, width, seed (required); node, gpu_ids, attempt, point_id, sampler_trial,
-    finished_at (optional); any other key becomes an extra column. A sweep's columns and their
+    `columns`: level, width, seed (required); node, gpu_ids, attempt, workers, nodes, point_id,
+    sampler_trial, finished_at (optional); any other key becomes an extra column. A sweep's columns and their
     types are fixed by the first trial it records.
     """
     if not isinstance(trial_id, str):
@@ -119,7 +120,7 @@ def trial_record(
         raise ValueError(f"{missing[0]}: is required in the ledger row; pass it in `columns`")
 
     row: dict[str, Any] = {
-        "trial_id": trial_id, "node": "", "gpu_ids": "", "attempt": 1,
+        "trial_id": trial_id, "node": "", "gpu_ids": "", "attempt": 1, "workers": 1, "nodes": None,
         "finished_at": dt.datetime.now(dt.timezone.utc),
         **summary, **columns,
     }
@@ -169,23 +170,34 @@ def _merge_curves(result: TrialResult) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return all_steps, merged[0], merged[1]
 
 
+def _missing_core(schema: pa.Schema) -> list[str] | None:
+    """The ADDED_COLUMNS a trials part predates; None if `schema` is no older trials part (today's
+    trials parts, curves parts, a stray file)."""
+    fields, at, missing = list(schema), 0, []
+    for core in CORE_SCHEMA:
+        if at < len(fields) and (fields[at].name, fields[at].type) == (core.name, core.type):
+            at += 1
+        elif core.name in ADDED_COLUMNS:
+            missing.append(core.name)
+        else:
+            return None
+    return missing or None
+
+
 def upgrade_schema(schema: pa.Schema) -> pa.Schema:
     """A trials part's schema with the ADDED_COLUMNS it predates, in their CORE_SCHEMA places;
-    any other schema (today's trials parts, curves parts, a stray file) as it is."""
-    if [(f.name, f.type) for f in schema][: len(_EARLIER_CORE)] != _EARLIER_CORE:
-        return schema
-    for name in ADDED_COLUMNS:
+    any other schema as it is."""
+    for name in _missing_core(schema) or ():
         schema = schema.insert(CORE_SCHEMA.get_field_index(name), CORE_SCHEMA.field(name))
     return schema
 
 
 def upgrade_table(table: pa.Table) -> pa.Table:
-    """A whole trials part read from disk, with the ADDED_COLUMNS it predates as nulls."""
-    upgraded = upgrade_schema(table.schema)
-    for name in ADDED_COLUMNS:
-        if name not in table.column_names:
-            field = upgraded.field(name)
-            table = table.add_column(upgraded.get_field_index(name), field, pa.nulls(table.num_rows, field.type))
+    """A whole trials part read from disk, with the ADDED_COLUMNS it predates as they read there."""
+    for name in _missing_core(table.schema) or ():
+        field = CORE_SCHEMA.field(name)
+        fill = pa.array([ADDED_COLUMNS[name]] * table.num_rows, field.type)
+        table = table.add_column(CORE_SCHEMA.get_field_index(name), field, fill)
     return table
 
 

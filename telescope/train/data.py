@@ -3,6 +3,10 @@
 `train_batches` samples random windows with a seeded numpy Generator (same seed, same batches);
 `val_batches` takes fixed windows spread evenly over the val split, so every trial of a sweep is
 scored on exactly the same tokens.
+
+Every batch's ids are checked against the vocabulary as it is cut (the rows' max, cheap beside a
+step): the corpus loader checks big token files only in sampled blocks, and an id the embedding
+has no row for must stop the trial with a ConfigError naming vocab_size, not an index error.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from telescope.core.corpus import Corpus, check_fits
+from telescope.core.corpus import Corpus, check_fits, check_token_ids
 from telescope.errors import ConfigError
 
 
@@ -22,9 +26,23 @@ def _check_positive(**values: int) -> None:
             raise ConfigError(name, f"must be a positive whole number; got {value!r}")
 
 
-def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+class _Split:
+    """One split's tokens, with what a bad id's error names; `vocab_size` None when the dtype
+    cannot hold an id outside the vocabulary (bytes), so no batch needs checking."""
+
+    def __init__(self, corpus: Corpus, split: str):
+        self.tokens: np.ndarray = getattr(corpus, split)
+        self.name = f"{corpus.name} ({split} split)"
+        fits = np.iinfo(self.tokens.dtype).max < corpus.vocab_size
+        self.vocab_size: int | None = None if fits else corpus.vocab_size
+
+
+def _windows(split: _Split, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather windows of seq_len + 1 tokens in one fancy-indexing pass; y is x shifted by one."""
-    rows = torch.from_numpy(tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64))
+    rows = split.tokens[starts[:, None] + np.arange(seq_len + 1)]
+    if split.vocab_size is not None:
+        check_token_ids(split.name, rows, split.vocab_size)
+    rows = torch.from_numpy(rows.astype(np.int64))
     return rows[:, :-1], rows[:, 1:]
 
 
@@ -36,17 +54,17 @@ def train_batches(
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError("seed", f"must be a whole number >= 0; got {seed!r}")
     check_fits(corpus, "train", corpus.train, seq_len)
-    return _train_stream(corpus.train, batch_size, seq_len, seed)
+    return _train_stream(_Split(corpus, "train"), batch_size, seq_len, seed)
 
 
 def _train_stream(
-    tokens: np.ndarray, batch_size: int, seq_len: int, seed: int
+    split: _Split, batch_size: int, seq_len: int, seed: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     # a generator of its own so the checks above run at the call, not at the first next()
     rng = np.random.default_rng(seed)
-    n_starts = len(tokens) - seq_len  # every start with seq_len + 1 tokens after it
+    n_starts = len(split.tokens) - seq_len  # every start with seq_len + 1 tokens after it
     while True:
-        yield _windows(tokens, rng.integers(0, n_starts, size=batch_size), seq_len)
+        yield _windows(split, rng.integers(0, n_starts, size=batch_size), seq_len)
 
 
 def val_batches(
@@ -56,4 +74,5 @@ def val_batches(
     _check_positive(batch_size=batch_size, seq_len=seq_len, n_batches=n_batches)
     check_fits(corpus, "val", corpus.val, seq_len)
     starts = np.linspace(0, len(corpus.val) - seq_len - 1, batch_size * n_batches).round().astype(np.int64)
-    return [_windows(corpus.val, chunk, seq_len) for chunk in starts.reshape(n_batches, batch_size)]
+    split = _Split(corpus, "val")
+    return [_windows(split, chunk, seq_len) for chunk in starts.reshape(n_batches, batch_size)]

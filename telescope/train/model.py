@@ -20,6 +20,9 @@ Choices, and why:
   needs a decision, and torch's CPU layer_norm kernel is fused (rms_norm is not, measured slower).
 - No GPT-2 style 1/sqrt(2*depth) on residual projections: depth is fixed, so it would only move
   the constant that the init_std sweep already covers.
+- cfg.activation_checkpointing keeps only each block's input for backward and recomputes the
+  block there (torch.utils.checkpoint, non-reentrant): memory for activations drops from every
+  layer's to one layer's plus the residual stream, for about one more forward pass of compute.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from telescope.core.contract import TrialConfig
 from telescope.core.scaling import Scaling, scaling_for
@@ -91,8 +95,9 @@ class GPT(nn.Module):
         # the whole table when T == seq_len (training), so backward skips a slice's zero-fill
         pos = self.wpe.weight if T == self.wpe.num_embeddings else self.wpe.weight[:T]
         x = self.wte(idx) + pos
+        recompute = self.cfg.activation_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         logits = self.lm_head(self.ln_f(x))
         if targets is None:
             return logits

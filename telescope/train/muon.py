@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+import torch.distributed as dist
 
 from telescope.core.optimizers import MUON_SETTINGS
 
@@ -34,13 +35,19 @@ class Muon(torch.optim.Muon):
 
     `ns_dtype` ("bf16", torch's, or "fp32") is the Newton-Schulz arithmetic: a CPU without native
     bf16 matmuls runs bf16 GEMMs many times slower than fp32 ones (TrialConfig.ns_dtype chooses).
+
+    `shard_newton_schulz`: with torch.distributed initialised over several ranks that all hold the
+    same updates (gradients averaged before the step, as the trial engine does), each rank
+    orthogonalizes its share of every stack and all-gathers the rest, instead of every rank
+    repeating the whole Newton-Schulz (~width^3 per matrix per step, whatever the batch).
     """
 
-    def __init__(self, params, *, ns_dtype: str = "bf16", **kwargs):
+    def __init__(self, params, *, ns_dtype: str = "bf16", shard_newton_schulz: bool = False, **kwargs):
         if ns_dtype not in NS_TORCH_DTYPES:
             raise ValueError(f"ns_dtype must be one of {', '.join(NS_TORCH_DTYPES)}; got {ns_dtype!r}")
         super().__init__(params, **kwargs)
         self.ns_dtype = ns_dtype
+        self.shard_newton_schulz = shard_newton_schulz
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -63,7 +70,7 @@ class Muon(torch.optim.Muon):
             torch._foreach_lerp_(bufs, grads, 1 - momentum)
             updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
             ortho = orthogonalize(updates, group["ns_coefficients"], group["ns_steps"], group["eps"],
-                                  NS_TORCH_DTYPES[self.ns_dtype])
+                                  NS_TORCH_DTYPES[self.ns_dtype], shared=self.shard_newton_schulz)
             torch._foreach_mul_(params, 1 - lr * wd)
             by_shape: dict[torch.Size, list[int]] = defaultdict(list)
             for i, p in enumerate(params):
@@ -77,25 +84,39 @@ class Muon(torch.optim.Muon):
 
 def orthogonalize(
     updates: list[torch.Tensor], coefficients: tuple[float, float, float], steps: int, eps: float,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype = torch.bfloat16, shared: bool = False,
 ) -> list[torch.Tensor]:
     """Newton-Schulz of each 2-D update, batched: same-shape updates are stacked and every stack
     orthogonalized in one pass. A tall stack is worked on through its transpose, as torch does per
     matrix (so X X^T is the smaller Gram matrix); tall and wide updates of transposed shapes stay
     in separate stacks because a transposed view and a contiguous matrix take different GEMM
     kernels, whose bf16 rounding differs on some CPUs. Returned in `dtype`, each in its update's
-    own orientation."""
+    own orientation.
+
+    `shared` (with torch.distributed initialised, every rank holding the same `updates`): rank r
+    orthogonalizes rows r*k .. r*k+k-1 of each stack, k = ceil(stack / ranks), the last rank's
+    share padded with zero matrices (which stay zero), and the shares are all-gathered."""
+    rank, ranks = (dist.get_rank(), dist.get_world_size()) if shared and dist.is_initialized() else (0, 1)
     stacks: dict[torch.Size, list[int]] = defaultdict(list)
     for i, u in enumerate(updates):
         stacks[u.shape].append(i)
     out: list[torch.Tensor] = [None] * len(updates)  # type: ignore[list-item]
     for shape, idx in stacks.items():
-        X = torch.empty((len(idx), *shape), dtype=dtype, device=updates[idx[0]].device)
-        for row, i in zip(X, idx):
+        share = -(-len(idx) // ranks)
+        mine = idx[rank * share:(rank + 1) * share]
+        make = torch.empty if len(mine) == share else torch.zeros
+        X = make((share, *shape), dtype=dtype, device=updates[idx[0]].device)
+        for row, i in zip(X, mine):
             row.copy_(updates[i])  # cast and stack in one copy
         tall = shape[0] > shape[1]
         O = newton_schulz(X.mT if tall else X, coefficients, steps, eps)
-        for i, o in zip(idx, (O.mT if tall else O).unbind(0)):
+        O = O.mT if tall else O
+        if ranks > 1:
+            O = O.contiguous()
+            shares = [torch.empty_like(O) for _ in range(ranks)]
+            dist.all_gather(shares, O)
+            O = torch.cat(shares)
+        for i, o in zip(idx, O.unbind(0)):
             out[i] = o
     return out
 

@@ -221,13 +221,15 @@ def _build(model: nn.Module, role_of: dict[str, str], lr: Mapping[str, float], w
 
 def optimizers(model: nn.Module, *, width: int, base_width: int, lr: float, weight_decay: float,
                optimizer: str = "muon", hidden_lr_rule: str = "spectral", parameterization: str = "mup",
-               rules: Rules = None, ns_dtype: str = "bf16") -> list[torch.optim.Optimizer]:
+               rules: Rules = None, ns_dtype: str = "bf16",
+               shard_newton_schulz: bool = False) -> list[torch.optim.Optimizer]:
     """The optimizers for `model` at `width`: [Muon over the hidden matrices, AdamW over the rest],
     or [AdamW over everything] for optimizer "adamw", each group's peak lr and weight decay from
     telescope.core.scaling ("spectral": hidden lr / sqrt(m); "adam-mup", the paper's: lr / m).
     Muon and AdamW use telescope.core.optimizers' settings, as every trial does; `ns_dtype` is
     Muon's Newton-Schulz arithmetic ("bf16", torch's, or "fp32": faster on CPUs without native bf16
-    matmuls, see telescope.train.muon.Muon). Checks that the
+    matmuls, see telescope.train.muon.Muon); `shard_newton_schulz` shares Muon's Newton-Schulz
+    among torch.distributed's ranks (telescope.train.muon.Muon). Checks that the
     model's readout multiplies its logits as muP wants at this width (see `init_weights`)."""
     m = width / base_width
     lrs, wds = lr_and_weight_decay(m, lr, weight_decay, optimizer=optimizer, hidden_lr_rule=hidden_lr_rule,
@@ -235,9 +237,10 @@ def optimizers(model: nn.Module, *, width: int, base_width: int, lr: float, weig
     role_of = roles(model, rules)
     _check_readouts(model, role_of, output_mult(m, parameterization),
                     f"call init_weights(model, width={width}, base_width={base_width}, ...) first")
-    # fused AdamW: one kernel over all tensors, on CPU as on CUDA; several times faster than torch's
+    # fused AdamW: one kernel over all tensors, on CUDA as on CPU; several times faster than torch's
     # default per-tensor loop on CPU (bench/engine.py's widths), where the default is not even foreach
-    return _build(model, role_of, lrs, wds, optimizer_of_group(optimizer), {**MUON_KWARGS, "ns_dtype": ns_dtype},
+    muon_kwargs = {**MUON_KWARGS, "ns_dtype": ns_dtype, "shard_newton_schulz": shard_newton_schulz}
+    return _build(model, role_of, lrs, wds, optimizer_of_group(optimizer), muon_kwargs,
                   {"betas": ADAMW_BETAS, "eps": ADAMW_EPS, "fused": ADAMW_FUSED})
 
 

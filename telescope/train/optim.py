@@ -23,12 +23,13 @@ __all__ = ["MUON_KWARGS", "Muon", "build_optimizers", "group_parameters", "lr_fa
            "orthogonalize", "set_lr"]
 
 
-def build_optimizers(model: nn.Module, cfg: TrialConfig) -> list[torch.optim.Optimizer]:
-    """[Muon over hidden matrices, AdamW over the rest], or [AdamW over everything] for "adamw"."""
+def build_optimizers(model: nn.Module, cfg: TrialConfig, workers: int = 1) -> list[torch.optim.Optimizer]:
+    """[Muon over hidden matrices, AdamW over the rest], or [AdamW over everything] for "adamw".
+    With `workers` > 1 ranks (torch.distributed), Muon's Newton-Schulz is shared among them."""
     return muon_mup.optimizers(model, width=cfg.width, base_width=cfg.base_width, lr=cfg.lr,
                                weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
                                hidden_lr_rule=cfg.hidden_lr_rule, parameterization=cfg.parameterization,
-                               ns_dtype=_ns_dtype(cfg))
+                               ns_dtype=_ns_dtype(cfg), shard_newton_schulz=workers > 1)
 
 
 def _ns_dtype(cfg: TrialConfig) -> str:

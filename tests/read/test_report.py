@@ -15,7 +15,7 @@ from telescope.cli import main
 from telescope.core.contract import TrialResult
 from telescope.state import sweep_state
 from telescope.core.fits import DriftFit, PowerLawFit
-from telescope.core.flops import training_flops
+from telescope.core.flops import optimizer_flops, training_flops
 from telescope.store.directory import open_sweep_dir
 from telescope.store.lock import SweepLock
 from telescope.store.records import trial_record
@@ -70,13 +70,15 @@ def synthetic_result(t) -> TrialResult:
     """Level 0: every (lr=0.1) point loses seed 1 to divergence, one corner fails outright."""
     n, cfg = t.config.width, t.config
     flops = training_flops(n, cfg.depth, cfg.seq_len, 256, cfg.batch_size, cfg.steps, cfg.mlp_ratio)
+    ns = optimizer_flops(cfg.optimizer, n, cfg.depth, cfg.steps, cfg.mlp_ratio)  # Muon's, counted apart
     if t.level == 0 and t.point["lr"] == 0.1 and t.seed == 1:
-        return TrialResult("diverged", math.nan, 9.0, 1280, flops / 2, 0.5, "cpu", 5, 1000, error="loss blew up")
+        return TrialResult("diverged", math.nan, 9.0, 1280, flops / 2, 0.5, "cpu", 5, 1000, optimizer_flops=ns / 2,
+                           error="loss blew up")
     if t.level == 0 and t.point == {"lr": 0.001, "init_std": 0.08} and t.seed == 0:
         return TrialResult("failed", math.nan, math.nan, 0, 0.0, 0.1, "cpu", 0, 0, error="worker lost")
     d2 = sum((math.log(t.point[k]) - (U_INF[k] - ALPHA[k] / n)) ** 2 for k in t.point)
     loss = A * n**-P + E + CURVATURE * d2 + (SEED_NOISE if t.seed == 0 else -SEED_NOISE)
-    return TrialResult("completed", loss, loss, 2560, flops, 1.0, "cpu", 10, 1000,
+    return TrialResult("completed", loss, loss, 2560, flops, 1.0, "cpu", 10, 1000, optimizer_flops=ns,
                        train_steps=[1, 10], train_loss=[5.0, loss], val_steps=[10], val_loss=[loss])
 
 
@@ -142,15 +144,22 @@ def assert_figures_readable(outdir: Path, names: set[str]) -> None:
         assert image[..., :3].std() > 0.05, f"{name} is blank"
 
 
+def spent_flops(trials: pd.DataFrame) -> pd.Series:
+    """Each row's FLOPs, model plus Muon's Newton-Schulz, from the raw columns."""
+    return trials["flops"] + trials["optimizer_flops"].fillna(0.0)
+
+
 def expected_levels(sweep: Path) -> pd.DataFrame:
-    """Per level from the raw Parquet alone: trial counts, FLOPs, and the best mean-over-seeds
-    loss, where any diverged or failed seed makes the point infinitely bad."""
+    """Per level from the raw Parquet alone: trial counts, FLOPs (model + Newton-Schulz), and the
+    best mean-over-seeds loss, where any diverged or failed seed makes the point infinitely bad."""
     trials = pd.read_parquet(sweep / "trials.parquet")
+    trials["spent"] = spent_flops(trials)
+    assert (trials["optimizer_flops"] > 0).any()  # Muon sweeps: the report must count both parts
     axes = [c for c in ("lr", "init_std") if c in trials.columns]
     trials["rank_loss"] = [row_loss(r) for r in trials.to_dict("records")]
     point = trials.groupby(["level", *axes])["rank_loss"].mean().groupby("level").min()
     per = trials.groupby("level").agg(width=("width", "first"), trials=("trial_id", "size"),
-                                      flops=("flops", "sum"))
+                                      flops=("spent", "sum"))
     per["completed"] = trials[trials["status"] == "completed"].groupby("level").size()
     per["diverged"] = trials[trials["status"] == "diverged"].groupby("level").size()
     per["failed"] = trials[trials["status"] == "failed"].groupby("level").size()
@@ -194,7 +203,7 @@ def assert_levels_match_ledger(sweep: Path, text: str) -> None:
 def assert_compute_matches_ledger(sweep: Path, text: str) -> None:
     spec, _, _ = sweep_state(sweep)
     p = plan(spec)
-    spent = float(pd.read_parquet(sweep / "trials.parquet")["flops"].sum())
+    spent = float(spent_flops(pd.read_parquet(sweep / "trials.parquet")).sum())
     quantities = {r["quantity"]: r["value"] for r in md_table(text, "quantity")}
     so_far = next(k for k in quantities if k.startswith("sweep FLOPs spent"))
     assert float(quantities[so_far]) == pytest.approx(spent, rel=1e-4)

@@ -134,15 +134,12 @@ def test_a_sampler_that_cannot_act_within_its_level_is_refused_at_plan(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("seeds, interruptions", [
-    # (level-1 rows committed, signal): early, then late with some asks never recorded
-    (1, [(1, signal.SIGKILL), (6, signal.SIGINT)]),
-    # between the two seeds of a point, by Ctrl-C to the whole group as a terminal sends it, and late
-    (2, [(3, signal.SIGKILL), (8, signal.SIGINT), (14, signal.SIGKILL)]),
-])
-def test_interrupted_optuna_level_resumes_to_exactly_its_budget(tmp_path, seeds, interruptions):
+def test_interrupted_optuna_level_resumes_to_exactly_its_budget(tmp_path):
     """Interrupted again and again inside an Optuna level, each time resumed; the last resume
     finishes with one row per trial and exactly the level's budget of distinct points."""
+    # (level-1 rows committed, signal): SIGKILL between the two seeds of a point, Ctrl-C to the whole
+    # group as a terminal sends it, and a late SIGKILL with some asks never recorded
+    seeds, interruptions = 2, [(3, signal.SIGKILL), (8, signal.SIGINT), (14, signal.SIGKILL)]
     spec = write_spec(tmp_path, sampler='["grid", "tpe"]', seeds=seeds)
     out = tmp_path / "out"
     command = ["run", str(spec), "--out", str(out)]

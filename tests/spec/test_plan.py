@@ -4,7 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from telescope.cli import main
+from telescope.core import memory
 from telescope.core.flops import muon_step_flops, training_flops
+from telescope.errors import ConfigError
 from telescope.spec.plan import format_plan, plan
 from telescope.spec.sweep import load_spec, parse_spec
 
@@ -79,3 +82,65 @@ def test_plan_prices_the_worst_case_of_rings_at_later_levels():
     assert p.shift_flops_max == pytest.approx(14 * p.levels[2].flops_per_trial, rel=1e-12)
     d["sampler"] = ["tpe", "grid", "grid"]
     assert plan(parse_spec(d)).widening_trials_max == 0
+
+
+def paper_dict():
+    return tomllib.loads((SWEEPS / "paper.toml").read_text())
+
+
+def test_plan_estimates_memory_per_worker_and_the_micro_batch_that_fits():
+    spec = load_spec(SWEEPS / "paper.toml")
+    p = plan(spec)
+    assert p.gpu_memory_gb == 80 and p.memory_device == "cuda"
+    last = p.levels[-1]
+    cfg = spec.fixed.replace(width=2048)
+    assert last.workers == 1 and last.micro_batch == 256  # unset: the whole batch in one pass
+    assert last.memory_per_worker == memory.estimate(cfg, 50304, device="cuda").total > 80e9
+    assert last.fits is False
+    assert last.fitting_micro_batch == memory.fitting_micro_batch(cfg, 50304, 80e9) == 8
+    text = format_plan(p)
+    assert "assumed 80 GB per GPU, --gpu-memory to change" in text
+    assert 'level 3  width  2048:   953 GB (256 rows per pass): more than 80 GB; micro_batch_size = 8 (or "auto") fits' in text
+    assert json.loads(json.dumps(p.to_dict()))["levels"][3]["fitting_micro_batch"] == 8
+    # a big enough GPU holds every level whole; a small one none, not even a row at a time
+    big = plan(spec, gpu_memory_gb=2000)
+    assert all(lv.fits for lv in big.levels) and "more than" not in format_plan(big)
+    small = plan(spec, gpu_memory_gb=8)
+    assert small.levels[-1].fits is False and small.levels[-1].fitting_micro_batch is None
+    assert "and so is 1 row per pass: needs more workers or more memory per GPU" in format_plan(small)
+
+
+def test_plan_memory_follows_the_specs_micro_batch_and_workers():
+    d = paper_dict()
+    d["training"]["micro_batch_size"] = 4
+    d["resources"]["workers"] = [1, 1, 1, 2]
+    p = plan(parse_spec(d))
+    last = p.levels[-1]
+    cfg = parse_spec(d).fixed.replace(width=2048)
+    assert last.workers == 2 and last.micro_batch == 4 and last.fits is True
+    assert last.memory_per_worker == memory.estimate(cfg, 50304, micro_batch=4, workers=2, device="cuda").total
+    assert "(4 rows per pass, 2 workers)" in format_plan(p)
+    d["training"]["micro_batch_size"] = "auto"  # what the engine would pick on such a GPU
+    auto = plan(parse_spec(d)).levels[-1]
+    assert auto.micro_batch == auto.fitting_micro_batch == 8 and auto.fits is True
+    d["training"].pop("micro_batch_size")
+    d["resources"]["workers"] = [1, 1, 1, 3]  # 256 rows cannot be shared by 3 workers
+    with pytest.raises(ConfigError) as err:
+        plan(parse_spec(d))
+    assert err.value.field == "batch_size" and "3 workers" in err.value.message
+
+
+def test_plan_makes_no_memory_estimate_for_a_users_trainable():
+    d = tomllib.loads((SWEEPS / "demo.toml").read_text())
+    d["trainable"] = {"kind": "python", "function": "mypkg.train:train"}
+    p = plan(parse_spec(d))
+    assert p.memory_device is None and all(lv.memory_per_worker is None for lv in p.levels)
+    assert "memory: no estimate for your own trainable" in format_plan(p)
+
+
+def test_plan_cli_takes_the_gpu_memory(capsys):
+    assert main(["plan", str(SWEEPS / "demo.toml"), "--gpu-memory", "40", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["gpu_memory_gb"] == 40 and out["levels"][0]["memory_per_worker"] > 0
+    assert main(["plan", str(SWEEPS / "demo.toml"), "--gpu-memory", "-1"]) == 2
+    assert "error: --gpu-memory:" in capsys.readouterr().err

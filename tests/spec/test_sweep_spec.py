@@ -51,6 +51,7 @@ def test_fingerprint_follows_results_not_resources():
     # how trials run, what the sweep is called, and the export width do not change results
     assert changed(lambda d: d["resources"].update(num_cpus=2, num_gpus=1, time_limit_s=5)) == fp
     assert changed(lambda d: d["resources"].update(max_retries=0)) == fp
+    assert changed(lambda d: d["resources"].update(workers=[1, 1, 2])) == fp
     assert changed(lambda d: d.update(name="renamed", target_width=2048)) == fp
     # spelling a default out, or an int for a float, changes nothing
     assert changed(lambda d: d["training"].update(val_frac=0.05, weight_decay=0.1)) == fp
@@ -97,6 +98,31 @@ def test_seed_lists_and_per_level_settings():
     assert spec.seeds == (7, 11) and spec.samplers == ("grid", "tpe", "qmc")
     assert [r.num_gpus for r in spec.resources] == [0.25, 0.5, 1]
     assert parse_spec(tomllib.loads(spec.to_toml())) == spec
+
+
+def test_workers_per_level_and_the_ddp_spec():
+    d = demo_dict()
+    d["resources"]["workers"] = [1, 2, 4]
+    spec = parse_spec(d)
+    assert [r.workers for r in spec.resources] == [1, 2, 4] and spec.resources[2] == Resources(1, 0, 4)
+    assert spec.to_dict()["resources"]["workers"] == [1, 2, 4]
+    assert parse_spec(tomllib.loads(spec.to_toml())) == spec
+    d["resources"]["workers"] = 2  # one number: every level
+    assert [r.workers for r in parse_spec(d).resources] == [2, 2, 2]
+    assert "workers" not in load_spec(SWEEPS / "demo.toml").to_dict()["resources"]  # one worker: as before
+    ddp = load_spec(SWEEPS / "ddp.toml")
+    assert ddp.widths == [16, 32, 64] and [a.points for a in ddp.axes] == [3, 3]
+    assert ddp.resources == (Resources(0.5, 0, 1), Resources(0.5, 0, 1), Resources(0.5, 0, 2))
+    assert ddp.fixed.batch_size % 2 == 0 and ddp.fixed.data == "builtin:stdlib"
+
+
+def test_workers_are_for_sweeps_only():
+    from telescope.spec.fields import read_resources
+
+    with pytest.raises(ConfigError) as err:
+        read_resources({"workers": 2}, 1)  # the compare study's [resources]
+    assert err.value.field == "resources.workers" and "sweeps only" in err.value.message
+    assert read_resources({"workers": 2}, 1, workers=True)[0] == (Resources(1, 0, 2),)
 
 
 def test_sweepable_axes_are_trial_config_float_fields():
@@ -193,6 +219,13 @@ BAD = [
     (_set("resources.num_cpus", 0), "resources.num_cpus"),
     (_set("resources.time_limit_s", 0), "resources.time_limit_s"),
     (_set("resources.max_retries", -1), "resources.max_retries"),
+    (_set("resources.workers", 0), "resources.workers"),
+    (_set("resources.workers", 1.5), "resources.workers"),
+    (_set("resources.workers", "2"), "resources.workers"),
+    (_set("resources.workers", True), "resources.workers"),
+    (_set("resources.workers", [1, 2]), "resources.workers"),
+    (_set("resources.workers", [1, 2, 0]), "resources.workers"),
+    (_both(_set("resources.workers", 2), _set("resources.num_gpus", 0.5)), "resources.num_gpus"),
     # sweep settings
     (_set("sampler", "bayes"), "sampler"),
     (_set("sampler", ["grid", "tpe"]), "sampler"),

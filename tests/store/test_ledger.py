@@ -25,7 +25,7 @@ from telescope.errors import ConfigError, LedgerError, TelescopeError
 from telescope.store.directory import load_sweep_dir, open_sweep_dir
 from telescope.store.ledger import CURVES_DIR, TRIALS_DIR, Ledger
 from telescope.store.lock import lock_holder, SweepLock
-from telescope.store.records import CORE_SCHEMA, trial_record
+from telescope.store.records import CORE_SCHEMA, NULLABLE, trial_record
 from tests.store.helpers import damage_file, result
 
 REPO = Path(__file__).resolve().parents[2]
@@ -407,7 +407,7 @@ def test_sigkill_mid_append_never_leaves_a_torn_ledger(tmp_path):
             ledger = Ledger(ledger_dir)
             trials, curves = ledger.trials(), ledger.curves()
             assert len(trials) == 2 * ledger.n_parts() and trials.trial_id.is_unique
-            required = [c for c in CORE_SCHEMA.names if c not in ("error", "point_id", "sampler_trial")]
+            required = [c for c in CORE_SCHEMA.names if c not in NULLABLE]
             assert not trials[required].isna().any().any()
             assert curves.groupby("trial_id").size().reindex(trials.trial_id).eq(3).all()
             assert set(curves.trial_id) == set(trials.trial_id)

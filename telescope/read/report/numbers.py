@@ -1,7 +1,8 @@
 """The numbers of a sweep report, from the sweep directory's ledger and replayed state.
 
 Each number comes from the module that owns it: levels, grids and optima from replaying the rule
-(telescope.state.sweep_state), spend from the ledger's `flops` column, the final run's and brute
+(telescope.state.sweep_state), spend from the ledger's model and Newton-Schulz FLOPs
+(telescope.store.records.total_flops, what the plan prices too), the final run's and brute
 force's price from telescope.spec.plan, the drift and loss-vs-width laws from telescope.core.fits.
 """
 
@@ -20,6 +21,7 @@ from telescope.core.noise import Extrapolation, LevelNoise, Noise, PointLoss, po
 from telescope.spec.plan import Plan
 from telescope.state import SweepState, row_loss
 from telescope.spec.sweep import SweepSpec
+from telescope.store.records import total_flops
 from telescope.core.rule import LevelGrid, LevelResult
 
 REPORT_FILE = "report.md"
@@ -41,7 +43,7 @@ class LevelSummary:
     completed: int
     diverged: int
     failed: int
-    flops: float  # spent at this level, from the ledger
+    flops: float  # spent at this level, model + Newton-Schulz, from the ledger
     cumulative_flops: float
     best_loss: float | None  # mean over seeds; done: the optimum's loss; otherwise the best full point so far
     optimum: dict[str, float] | None  # done levels only: the refined optimum
@@ -79,7 +81,7 @@ class BruteForceSaving:
 
 @dataclass(frozen=True)
 class Compute:
-    sweep_flops: float  # spent so far, summed from the ledger
+    sweep_flops: float  # spent so far, model + Newton-Schulz, summed from the ledger
     planned_flops: float  # the plan's estimate for the whole sweep, widening excluded
     planned_level_flops: tuple[float, ...]  # the plan's estimate per level
     final_run_flops: float  # one run at the target width with the spec's steps
@@ -146,7 +148,7 @@ def level_summaries(spec: SweepSpec, state: SweepState, trials: pd.DataFrame, po
     for level in sorted(seen):
         at = trials[trials["level"] == level]
         counts = at["status"].value_counts()
-        flops = float(at["flops"].sum())
+        flops = total_flops(at)
         cumulative += flops
         grid, done = level_grid(state, level), level < len(state.levels)
         optimum = state.levels[level].optimum if done else None
@@ -200,7 +202,7 @@ def loss_fit(levels: Sequence[LevelResult], noises: Sequence[LevelNoise] = ()) -
 
 def compute_summary(planned: Plan, trials: pd.DataFrame) -> Compute:
     """The plan's prices for the final run and for brute force, set against what was spent."""
-    spent = float(trials["flops"].sum()) if len(trials) else 0.0
+    spent = total_flops(trials)
     final = planned.final_run_flops
     brute = tuple(
         BruteForceSaving(b.grid_kind, b.width, b.grid, b.trials, b.flops, 1 - spent / b.flops, b.savings)

@@ -31,12 +31,15 @@ def outcome_record(trial_id: str, outcome: Outcome, *, axes: Mapping[str, Any],
 
 
 def _where_ranks(outcome: Outcome, value: RankZero) -> dict[str, Any]:
+    # Starts of the trial: the worker groups of the launch that finished, after every launch that
+    # died with its node before (Ray retries the launcher task; each launch counts afresh).
+    attempt = max(outcome.attempts, 1) - 1 + max(value.attempts, 1)
     if not value.ranks:  # the group failed before training: only the launcher's node is known
-        return {"node": _where(outcome.node, outcome.node_id), "gpu_ids": "", "attempt": max(value.attempts, 1),
+        return {"node": _where(outcome.node, outcome.node_id), "gpu_ids": "", "attempt": attempt,
                 "workers": value.workers, "nodes": None}
     zero = value.ranks[0]
     return {"node": _where(zero.node, zero.node_id), "gpu_ids": ",".join(zero.gpu_ids),
-            "attempt": max(value.attempts, 1), "workers": value.workers, "nodes": value.nodes}
+            "attempt": attempt, "workers": value.workers, "nodes": value.nodes}
 
 
 def _where(node: str, node_id: str) -> str:

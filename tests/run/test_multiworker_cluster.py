@@ -133,3 +133,28 @@ def test_controller_sigkilled_during_a_two_worker_level_then_resume(cluster, tmp
     assert (last["workers"] == 2).all() and (last["nodes"] == 2).all(), last[["workers", "nodes"]]
     kept = trials.set_index("trial_id").loc[before["trial_id"], "finished_at"]
     assert kept.tolist() == before["finished_at"].tolist()  # nothing recorded before the kill ran again
+
+
+def test_a_node_that_dies_mid_trial_restarts_the_workers_on_the_survivor(cluster, tmp_path):
+    """Last in this module, for it kills a node. A trial of 2 half-CPU workers (Ray Train packs
+    both on one node) loses that whole node once they run: Ray Train starts the worker group again
+    on the surviving node (max_retries 3), and the trial completes there. (`attempt` counts the
+    groups that reached training: 1 or 2, as the kill lands before or after the first one did.)"""
+    spec = only_lr_axis(write_spec(tmp_path, calibration_width=16, steps=300, resources="workers = 2"), 1)
+    spec.write_text(spec.read_text().replace("num_cpus = 1\n", "num_cpus = 0.5\n")
+                    .replace("max_widenings = 1\n", "max_widenings = 0\n").replace("min_points = 3\n", "min_points = 1\n"))
+    out = tmp_path / "out"
+    cmd = telescope_cmd("run", str(spec), "--out", str(out), "--address", cluster.address, "--quiet")
+    with running(cmd, env=driver_env(cluster)) as proc:
+        wait_until(proc, lambda: 2 in workers_on(cluster).values(), "both workers of the trial running", TIMEOUT,
+                   poll_s=0.2)
+        on = next(name for name, n in workers_on(cluster).items() if n == 2)
+        index = [n.name for n in cluster.nodes if n.name != "head"].index(on)
+        survivor = cluster.worker(1 - index)
+        cluster.kill_worker(index)
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, stderr[-3000:]
+    (row,) = Ledger(out).trials().to_dict("records")
+    assert row["status"] == "completed" and row["attempt"] in (1, 2), (row["status"], row["error"])
+    assert row["workers"] == 2 and row["nodes"] == 1
+    assert row["node"].rsplit(" node ", 1)[1] == survivor.node_id  # restarted where its node was not

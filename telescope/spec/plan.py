@@ -94,6 +94,8 @@ class Plan:
     final_run_flops: float  # one training run at target_width with the spec's steps
     gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB  # the device memory the levels' estimates are held to
     memory_device: str | None = None  # what the estimates assume: "cuda" (bf16), "cpu" (fp32), None: none made
+    # a user's trainable is priced as the built-in GPT of the spec's [model] shape: its own FLOPs are its own
+    flops_of_builtin_shape: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,6 +150,7 @@ def plan(spec: SweepSpec, gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB) -> Plan:
         for kind, counts in (("base resolution", base), ("finest spacing", finest))
     )
     return Plan(
+        flops_of_builtin_shape=not spec.trainable.builtin,
         name=spec.name,
         axes=spec.axis_names,
         seeds=seeds,
@@ -246,6 +249,8 @@ def format_plan(p: Plan) -> str:
     what = "FLOPs = model + Muon's Newton-Schulz" if muon else "model FLOPs"
     lines = [
         f"sweep {p.name}: {' x '.join(p.axes)}, {seeds}, {what} (vocab {p.vocab_size})",
+        *(["  priced as the built-in GPT of the spec's [model] shape: your trainable's own FLOPs may differ"]
+          if p.flops_of_builtin_shape else []),
         "",
         f"{'level':>5}  {'width':>6}  {'grid':>7}  {'sampler':>7}  {'trials':>6}  "
         f"{'FLOPs/trial':>11}  {'FLOPs':>9}  {'share':>5}" + (f"  {'NS part':>7}" if muon else ""),

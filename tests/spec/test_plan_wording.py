@@ -76,3 +76,13 @@ def test_adamw_costs_are_model_flops(tmp_path):
     assert p.optimizer_flops == 0 and all(lv.optimizer_flops_per_trial == 0 for lv in p.levels)
     text = format_plan(p)
     assert "model FLOPs (vocab 256)" in text and "Newton-Schulz" not in text
+
+
+def test_a_users_trainable_is_said_to_be_priced_as_the_built_in_gpt_of_its_shape():
+    from tests.sweep_helpers import ROOT
+
+    custom, builtin = (plan(load_spec(ROOT / "sweeps" / name)) for name in ("custom-python.toml", "demo.toml"))
+    assert custom.flops_of_builtin_shape and not builtin.flops_of_builtin_shape
+    assert "priced as the built-in GPT of the spec's [model] shape" in format_plan(custom)
+    assert "priced as" not in format_plan(builtin)
+    assert custom.to_dict()["flops_of_builtin_shape"] is True

@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="json", choices=("json", "yaml", "toml"))
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     p.add_argument("--extrapolate", action="store_true",
-                   help="also fit the optimum's drift x*(n) = x_inf - alpha/n over the levels and predict x*(width)")
+                   help="also fit the optimum's drift over the levels (x*(n) = x_inf - alpha/n, or c * n^alpha where 3+ levels "
+                        "agree with it better) and predict x*(width)")
     p.set_defaults(func=cmd_export)
 
 

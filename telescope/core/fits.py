@@ -3,7 +3,11 @@
 Two laws from the design brief:
 
 - drift of a hyperparameter optimum with width, x*(n) = x_inf - alpha/n (+ beta/n^2), fitted in
-  the axis' own scale (log x on a log axis) by weighted linear least squares;
+  the axis' own scale (log x on a log axis) by weighted linear least squares. That is muP's
+  finite-width correction: the optimum levels off. A parameterization that scales some group by
+  the wrong power of width makes it drift as a power of width instead, u = c + alpha ln n in scale
+  space (x ~ n^alpha on a log axis), which never levels off; `fit_drift(model="power")` fits that,
+  and `fit_best_drift` fits both and keeps the one the optima agree with better;
 - loss against width, L(n) = A * n^(-alpha) + E. For a fixed exponent the law is linear in (A, E),
   so the fit is a 1-D search over alpha with a closed-form (A, E) at each step (variable
   projection). That has no starting-point sensitivity, which matters with 3-6 widths.
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -26,6 +30,9 @@ Scale = Literal["log", "linear"]
 # "residuals": scatter about the fit; "grid_resolution" / "measurement": the per-point sigma the
 # caller passed (for optima, the grid spacing; for losses, eval or seed noise); "none": unknown.
 UncertaintySource = Literal["residuals", "grid_resolution", "measurement", "none"]
+DriftModel = Literal["inverse", "power"]
+# Each drift model's law, in words a reader sees (exports, notes, the report).
+DRIFT_LAWS: dict[str, str] = {"inverse": "x*(n) = x_inf - alpha/n", "power": "x*(n) = c * n^alpha"}
 
 # Exponent search range for the loss law. Published width/size exponents sit around 0.1-0.7; the
 # wide margin only keeps a real optimum off the edge, and an optimum on the edge is flagged.
@@ -65,13 +72,16 @@ class Prediction:
 
 @dataclass(frozen=True)
 class DriftFit:
-    """x*(n) = x_inf - alpha/n (+ beta/n^2) fitted in scale space (log x on a log axis).
+    """A drift law fitted in scale space u (ln x on a log axis): `model` "inverse" is
+    u = x_inf - alpha/n (+ beta/n^2), "power" is u = x_inf + alpha ln n (x = c n^alpha on a log
+    axis, with x_inf = ln c: the value at width 1, since a power law has no infinite-width limit).
 
     `x_inf`, `alpha`, `beta` and the covariance (parameter order x_inf, alpha[, beta]) are in
-    scale space; `predict` maps back to real space, and `predict(math.inf)` is the real-space
-    optimum at infinite width. Stderrs are NaN when `uncertainty_source` is "none" (an exact
-    2-point fit with no per-point sigma given). `residual_rms` and `r2` are unweighted, in scale
-    space.
+    scale space; `predict` maps back to real space, and for the inverse law `predict(math.inf)` is
+    the real-space optimum at infinite width (`limit`). Either way alpha = 0 is "no drift". Stderrs
+    are NaN when `uncertainty_source` is "none" (an exact 2-point fit with no per-point sigma
+    given). `chi2` is the weighted sum of squared residuals (unweighted without sigma), what
+    `fit_best_drift` compares with the other law's (`rival_chi2`); `residual_rms` and `r2` are unweighted, in scale space.
     """
 
     scale: Scale
@@ -87,14 +97,35 @@ class DriftFit:
     dof: int
     residual_rms: float
     r2: float
+    model: DriftModel = "inverse"
+    chi2: float = math.nan
+    rival_chi2: float = math.nan  # the other law's chi2, where `fit_best_drift` compared the two
+
+    @property
+    def law(self) -> str:
+        return DRIFT_LAWS[self.model]
+
+    @property
+    def limit(self) -> Prediction | None:
+        """The optimum at infinite width: the inverse law's x_inf; None for a power law."""
+        return self.predict(math.inf) if self.model == "inverse" else None
 
     def predict(self, n: float) -> Prediction:
         """Extrapolated optimum at width n (real space) with its scale-space stderr."""
-        g = _drift_basis(np.array([float(n)]), self.beta is not None)[0]
+        g = _drift_basis(np.array([float(n)]), self.beta is not None, self.model)[0]
         params = np.array([self.x_inf, self.alpha] + ([self.beta] if self.beta is not None else []))
         y = float(g @ params)
         value = math.exp(y) if self.scale == "log" else y
         return Prediction(value=value, stderr=_delta_stderr(g, self.covariance), scale=self.scale)
+
+    def step(self, n_from: float, n_to: float) -> tuple[float, float]:
+        """How far the fitted optimum moves from width n_from to n_to, in scale space, and that
+        move's stderr: the difference of two predictions, whose errors are correlated (a shared
+        x_inf cancels), so it is tighter than either prediction alone."""
+        g_from, g_to = _drift_basis(np.array([float(n_from), float(n_to)]), self.beta is not None, self.model)
+        params = np.array([self.x_inf, self.alpha] + ([self.beta] if self.beta is not None else []))
+        g = g_to - g_from
+        return float(g @ params), _delta_stderr(g, self.covariance)
 
 
 @dataclass(frozen=True)
@@ -135,8 +166,9 @@ def fit_drift(
     scale: Scale = "linear",
     sigma: Sequence[float] | None = None,
     second_order: bool = False,
+    model: DriftModel = "inverse",
 ) -> DriftFit:
-    """Fit the drift of one hyperparameter's optimum across widths.
+    """Fit the drift of one hyperparameter's optimum across widths by `model` (see `DriftFit`).
 
     `optima` are real-space values (e.g. learning rates); on a log axis they are fitted as
     log(x). `sigma`, if given, is each optimum's standard uncertainty in scale space (log units on
@@ -149,8 +181,12 @@ def fit_drift(
     as parameters the fit is exact and only `sigma` can say anything ("grid_resolution");
     without it the stderrs are NaN ("none").
 
-    `second_order` adds beta/n^2 and needs at least 4 points.
+    `second_order` adds beta/n^2 to the inverse law and needs at least 4 points.
     """
+    if model not in DRIFT_LAWS:
+        raise ValueError(f"model must be one of {', '.join(DRIFT_LAWS)}; got {model!r}")
+    if second_order and model != "inverse":
+        raise ValueError("second_order applies to the inverse law only")
     n, y, s = _validate(widths, optima, sigma, scale)
     n_params = 3 if second_order else 2
     min_points = 4 if second_order else 2
@@ -164,7 +200,7 @@ def fit_drift(
         raise InsufficientDataError(
             "widths", f"the drift fit needs {n_params} distinct widths; got {len(np.unique(n))}"
         )
-    X = _drift_basis(n, second_order)
+    X = _drift_basis(n, second_order, model)
     params, cov_unit = _weighted_lstsq(X, y, s)
     resid = y - X @ params
     dof = len(n) - n_params
@@ -185,7 +221,27 @@ def fit_drift(
         dof=dof,
         residual_rms=rms,
         r2=r2,
+        model=model,
+        chi2=float(np.sum((resid if s is None else resid / s) ** 2)),
     )
+
+
+def fit_best_drift(
+    widths: Sequence[float],
+    optima: Sequence[float],
+    *,
+    scale: Scale = "linear",
+    sigma: Sequence[float] | None = None,
+) -> DriftFit:
+    """The drift law the optima agree with better: both have two parameters, so the smaller
+    `chi2` is the likelier one. Two widths fit either exactly and cannot tell them apart; the
+    inverse law, muP's own, is kept then (and on a tie)."""
+    inverse = fit_drift(widths, optima, scale=scale, sigma=sigma)
+    if inverse.dof < 1:
+        return inverse
+    power = fit_drift(widths, optima, scale=scale, sigma=sigma, model="power")
+    best, other = (power, inverse) if power.chi2 < inverse.chi2 else (inverse, power)
+    return replace(best, rival_chi2=other.chi2)
 
 
 def fit_power_law(
@@ -275,7 +331,10 @@ def _validate(
     return n, x, s
 
 
-def _drift_basis(n: np.ndarray, second_order: bool) -> np.ndarray:
+def _drift_basis(n: np.ndarray, second_order: bool, model: DriftModel = "inverse") -> np.ndarray:
+    if model == "power":
+        with np.errstate(invalid="ignore"):
+            return np.stack([np.ones_like(n), np.log(n)], axis=1)
     columns = [np.ones_like(n), -1.0 / n] + ([1.0 / n**2] if second_order else [])
     return np.stack(columns, axis=1)
 

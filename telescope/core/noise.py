@@ -509,7 +509,7 @@ def extrapolations(axes: Sequence[Axis], levels: Sequence[LevelResult], noises: 
         alpha = f"alpha = {format_uncertain(fit.alpha, fit.alpha_stderr)}"
         note = None
         if fit.dof == 0:
-            note = (f"x_inf - alpha/n passes exactly through the {fit.n_points} levels' optima (no degree of "
+            note = (f"{fit.law} passes exactly through the {fit.n_points} levels' optima (no degree of "
                     f"freedom left to test it): an exact interpolation, not a prediction; the calibration "
                     f"optimum stands")
         elif math.isnan(p):

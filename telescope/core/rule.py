@@ -13,8 +13,10 @@ The rule, for k swept axes and widths N0, 2 N0, ..., Nc:
              (`next_count`), so the trial count falls ~4x and each level costs about the same;
              the spacing halves, matching the O(1/n) drift of the optimum; the grid is centred
              on level l's optimum (`centre = "previous"`, the paper's rule), or, once two levels
-             are finished, on the drift model's prediction x*(n) = x_inf - alpha/n for the new
-             width, at most one new spacing from level l's optimum (`centre = "drift"`). A drift
+             are finished, on the drift model's prediction for the new width (x*(n) = x_inf -
+             alpha/n, or a power of n where 3+ levels say so; `centre = "drift"`): the predicted move from level l's optimum, shrunk by its
+             uncertainty so that a drift the levels have not measured moves nothing, and at most
+             one new spacing (telescope.core.drift.drift_centres). A drift
              larger than the narrowed grid still lands the optimum on an edge; the grid then grows
              rings as level 0's does (up to `max_shifts` per level), so every level brackets its
              optimum where the budget allows, and says whether it did (`LevelResult.bracketed`).
@@ -36,7 +38,7 @@ from typing import Literal
 
 import numpy as np
 
-from telescope.core.drift import drift_centres
+from telescope.core.drift import DriftCentre, drift_centres
 from telescope.core.numbers import format_point, round_sig
 from telescope.errors import ConfigError, NoOptimumError
 
@@ -574,14 +576,17 @@ def telescoping_steps(
                 drifted = drift_centres(axes, results, grid.width * 2, spacings)
             grid = narrow(grid, previous, len(axes), min_points, {n: d.centre for n, d in drifted.items()})
             note = f"level {level}: {grid.shape} grid at width {grid.width}, spacing halved, centred on "
-            if drifted:
+            if any(d.moved for d in drifted.values()):
                 moved = {n: grid.axis(n).axis.from_scale(d.centre) for n, d in drifted.items()}
                 clamped = [n for n, d in drifted.items() if d.clamped]
-                note += (f"{format_point(moved)}, where the drift x*(n) = x_inf - alpha/n heads "
+                laws = " / ".join(sorted({d.law for d in drifted.values()}))
+                note += (f"{format_point(moved)}, where the drift {laws} heads "
                          f"(previous optimum {format_point(previous)}"
                          + (f"; {', '.join(clamped)} held to one spacing from it" if clamped else "") + ")")
             else:
                 note += format_point(previous)
+                if drifted:
+                    note += "; " + _unmeasured(drifted.values())
         notes = [note]
         observations = list((yield Step(level, grid.width, grid, tuple(grid.points()), note, tuple(results))))
         optimum = find_optimum(grid, observations)
@@ -606,6 +611,14 @@ def telescoping_steps(
         )
         results.append(LevelResult(level, grid.width, grid, tuple(observations), optimum, tuple(notes)))
     return TelescopeResult(tuple(results))
+
+
+def _unmeasured(centres: Iterable[DriftCentre]) -> str:
+    """Why drift centring stayed put, e.g. "the drift fitted so far moves lr by +0.17 +- 0.32 (scale
+    space) to this width: within its uncertainty, so the grid stays on the previous optimum"."""
+    steps = ", ".join(f"{d.name} by {d.step:+.2g} +- {d.step_stderr:.2g}" for d in centres)
+    return (f"the drift fitted so far moves {steps} (scale space) to this width: within its uncertainty, "
+            f"so the grid stays on the previous optimum")
 
 
 def _unbracketed(grid: LevelGrid, optimum: Optimum) -> dict[str, Edge]:

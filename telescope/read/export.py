@@ -2,9 +2,10 @@
 
 The base values are the optimum of the widest finished level (the calibration width once the sweep
 is complete), with their provenance. At the width W the user will train, muP turns them into
-concrete per-parameter-group values (telescope.core.scaling). `extrapolate` fits the drift
-x*(n) = x_inf - alpha/n over the levels' optima (telescope.core.fits) and predicts x*(W) with its
-uncertainty, for when W is far beyond the calibration width.
+concrete per-parameter-group values (telescope.core.scaling). `extrapolate` fits the drift of the
+levels' optima (x*(n) = x_inf - alpha/n, or x*(n) = c * n^alpha where three or more levels agree
+with that better; telescope.core.fits) and predicts x*(W) with its uncertainty, for when W is far
+beyond the calibration width.
 
 An optimum still on an edge of its level's grid (`bracketed: false`) is the end of where the
 sweep looked, not an optimum: the document then carries a `warnings` list that says so and
@@ -195,8 +196,9 @@ def _tuned_at(cfg: TrialConfig) -> dict[str, Any]:
 def _extrapolate(spec: SweepSpec, levels: list[LevelResult], width: int) -> dict[str, Any]:
     """x*(width) per axis where the drift fit backs a prediction, else the calibration optimum with
     the reason (telescope.core.noise.extrapolations); bands inside each axis's valid range."""
-    result: dict[str, Any] = {"model": "x*(n) = x_inf - alpha/n, fitted in each axis's scale (log: ln x), each "
-                                       "optimum weighted by its measured uncertainty"}
+    result: dict[str, Any] = {"model": "per axis, x*(n) = x_inf - alpha/n or x*(n) = c * n^alpha, whichever fits "
+                                       "the levels' optima better (3+ levels; else the first), in each axis's "
+                                       "scale (log: ln x), each optimum weighted by its measured uncertainty"}
     for name, ex in extrapolations(spec.axes, levels, level_noises(levels), width).items():
         e, fit = ex.estimate, ex.fit
         entry: dict[str, Any] = {
@@ -208,9 +210,11 @@ def _extrapolate(spec: SweepSpec, levels: list[LevelResult], width: int) -> dict
         if fit is None:
             entry["error"] = ex.note
         else:
+            limit = fit.limit
             entry |= {
-                "predicted": fit.predict(width).value, "x_inf": fit.predict(math.inf).value,
-                "alpha": fit.alpha, "alpha_stderr": fit.alpha_stderr, "alpha_p_value": ex.alpha_p,
+                "law": fit.law, "predicted": fit.predict(width).value,
+                "x_inf": None if limit is None else limit.value,  # a power law has no infinite-width limit
+                "chi2": fit.chi2, "rival_chi2": fit.rival_chi2, "alpha": fit.alpha, "alpha_stderr": fit.alpha_stderr, "alpha_p_value": ex.alpha_p,
                 "alpha_significant": ex.alpha_significant, "exact_interpolation": ex.exact,
                 "uncertainty_source": fit.uncertainty_source, "n_levels": fit.n_points, "dof": fit.dof,
             }

@@ -202,18 +202,19 @@ def test_a_sampler_levels_effects_are_tested_by_regression():
 # ---- the drift extrapolation -----------------------------------------------------------------
 
 
-def drifting(alpha: float, sigma: float, widths=(16, 32, 64, 128), seed: int = 12):
+def drifting(alpha: float, sigma: float, widths=(16, 32, 64, 128), seed: int = 12, min_points: int = 1):
     rng = np.random.default_rng(seed)
 
     def loss(p, width, s):
         target = math.log(LR_OPT) + alpha / width
         return 2.4 + 0.05 * (math.log(p["lr"]) - target) ** 2 + sigma * rng.standard_normal()
 
-    return simulate((LR, WD), widths, loss, seeds=2).levels
+    return simulate((LR, WD), widths, loss, seeds=2, min_points=min_points).levels
 
 
 def test_a_measured_drift_is_extrapolated():
-    levels = drifting(alpha=20.0, sigma=1e-4)  # ln lr* = ln 0.02 + 20/n: from 0.07 at width 16 to 0.024 at 128
+    # ln lr* = ln 0.02 + 20/n: from 0.07 at width 16 to 0.024 at 128; 3x3 grids find each optimum
+    levels = drifting(alpha=20.0, sigma=1e-4, min_points=3)
     noises = level_noises(levels)
     ex = extrapolations((LR, WD), levels, noises, 1024)
     lr = ex["lr"]

@@ -142,28 +142,56 @@ def _bowl_drifting(alpha):
     return loss
 
 
-def test_drift_centre_follows_the_fit_within_one_spacing():
-    # a gentle drift: the fit over widths 32 and 64 predicts the optimum at 128 exactly
-    result = simulate([LR, STD], [32, 64, 128], _bowl_drifting(3.0), min_points=3)
+def _kept_step(alpha):
+    """What drift centring keeps of x_inf - alpha/n's step from width 64 to 128, fitted exactly
+    through the optima at 32 and 64 (each uncertain by half its spacing: the base lr spacing is
+    ln(100)/4, halved at 64): the step shrunk by its own stderr, positive part."""
+    h0 = math.log(100) / 4
+    step = alpha / 128
+    stderr = math.sqrt((h0 / 2) ** 2 + (h0 / 4) ** 2) / 2
+    return step, stderr, step * max(0.0, 1 - stderr**2 / step**2)
+
+
+def test_drift_centre_follows_a_measured_drift_within_one_spacing():
+    # the level-1 optimum moved further than its own grid's spacing: a drift the levels measure
+    result = simulate([LR, STD], [32, 64, 128], _bowl_drifting(60.0), min_points=3)
+    step, stderr, kept = _kept_step(60.0)
+    assert 0 < kept < result.levels[2].grid.spacing("lr")  # shrunk, but not to the clamp
+    previous = math.log(result.levels[1].optimum.point["lr"])
+    assert previous == pytest.approx(math.log(0.02) - 60.0 / 64, abs=1e-9)  # exact bowl: optima are the truth
     level2 = result.levels[2].grid
-    assert level2.centre("lr") == pytest.approx(math.log(0.02) - 3.0 / 128, abs=1e-9)
+    assert level2.centre("lr") == pytest.approx(previous + kept, abs=1e-9)
     assert "where the drift x*(n) = x_inf - alpha/n heads" in result.levels[2].notes[0]
-    assert result.levels[2].optimum.point["lr"] == pytest.approx(0.02 * math.exp(-3.0 / 128), rel=1e-9)
-    # level 1 has one finished level to go on: it is centred on it, as the paper's rule does
+    assert result.levels[2].optimum.point["lr"] == pytest.approx(0.02 * math.exp(-60.0 / 128), rel=1e-9)
+    # init_std does not drift: its centre stays on its previous optimum
     assert level2.centre("init_std") == pytest.approx(math.log(0.02), abs=1e-9)
+    # level 1 has one finished level to go on: it is centred on it, as the paper's rule does
     assert result.levels[1].grid.centre("lr") == pytest.approx(math.log(result.levels[0].optimum.point["lr"]))
 
 
+def test_a_drift_within_its_uncertainty_leaves_the_grids_of_the_previous_centre():
+    # a gentle drift moves the optimum by a fraction of a grid spacing per level: two optima cannot
+    # tell it from none, so centring on it would only gamble the next grid on their noise
+    step, stderr, kept = _kept_step(3.0)
+    assert kept == 0.0 and step < stderr
+    drift = simulate([LR, STD], [32, 64, 128], _bowl_drifting(3.0), min_points=3)
+    previous = simulate([LR, STD], [32, 64, 128], _bowl_drifting(3.0), min_points=3, centre="previous")
+    assert [values(lv) for lv in drift.levels] == [values(lv) for lv in previous.levels]
+    note = drift.levels[2].notes[0]
+    assert "within its uncertainty, so the grid stays on the previous optimum" in note
+    assert f"lr by {step:+.2g} +- {stderr:.2g}" in note
+
+
 def test_drift_centre_is_clamped_to_one_spacing_from_the_previous_optimum():
-    levels = simulate([LR, STD], [32, 64], _bowl_drifting(3.0), min_points=3).levels
+    levels = simulate([LR, STD], [32, 64], _bowl_drifting(60.0), min_points=3).levels
     previous = math.log(levels[1].optimum.point["lr"])
-    predicted = math.log(0.02) - 3.0 / 128
-    step = predicted - previous
-    loose = drift_centres([LR, STD], levels, 128, {"lr": 2 * abs(step), "init_std": 1.0})
-    assert loose["lr"].centre == pytest.approx(predicted) and not loose["lr"].clamped
-    tight = drift_centres([LR, STD], levels, 128, {"lr": abs(step) / 4, "init_std": 1.0})
-    assert tight["lr"].clamped and tight["lr"].centre == pytest.approx(previous + math.copysign(abs(step) / 4, step))
-    assert tight["lr"].predicted == pytest.approx(predicted)
+    step, stderr, kept = _kept_step(60.0)
+    loose = drift_centres([LR, STD], levels, 128, {"lr": 2 * kept, "init_std": 1.0})
+    assert loose["lr"].centre == pytest.approx(previous + kept) and not loose["lr"].clamped
+    assert loose["lr"].step == pytest.approx(step) and loose["lr"].step_stderr == pytest.approx(stderr)
+    assert loose["lr"].predicted == pytest.approx(math.log(0.02) - 60.0 / 128)
+    tight = drift_centres([LR, STD], levels, 128, {"lr": kept / 4, "init_std": 1.0})
+    assert tight["lr"].clamped and tight["lr"].centre == pytest.approx(previous + kept / 4)
     assert drift_centres([LR, STD], levels[:1], 64, {"lr": 1.0, "init_std": 1.0}) == {}
 
 
@@ -172,8 +200,10 @@ def test_a_noisy_fit_cannot_throw_the_grid_off():
         target = {32: 0.01, 64: 0.05, 128: 0.02}[width]
         return (math.log(p["lr"] / target)) ** 2 + (math.log(p["init_std"] / 0.02)) ** 2
 
-    result = simulate([LR, STD], [32, 64, 128], loss, min_points=3, max_shifts=0)
+    result = simulate([LR, STD], [32, 64, 128], loss, min_points=3, max_shifts=3)
     level1, level2 = result.levels[1], result.levels[2]
+    assert level1.bracketed  # level 1's rings followed the jump
+    assert abs(math.log(level1.optimum.point["lr"] / 0.05)) < level1.grid.spacing("lr")
     moved = abs(level2.grid.centre("lr") - math.log(level1.optimum.point["lr"]))
     assert moved == pytest.approx(level2.grid.spacing("lr"))  # the clamp, not the fit's leap
     assert "lr held to one spacing from it" in level2.notes[0]

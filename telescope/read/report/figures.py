@@ -333,7 +333,7 @@ def _draw_box(ax: Any, grid: LevelGrid, a: str, b: str | None, *, label: str | N
 
 
 def plot_drift(spec: SweepSpec, levels: Sequence[LevelResult], data: ReportData, path: Path) -> Path:
-    """Each axis's optimum vs 1/width with the fitted x* - alpha/n and its one-sigma band."""
+    """Each axis's optimum vs 1/width with the fitted drift law and its one-sigma band."""
     return _save(draw_drift(spec, levels, data), path)
 
 
@@ -362,8 +362,9 @@ def draw_drift(spec: SweepSpec, levels: Sequence[LevelResult], data: ReportData)
             _drift_curve(ax, axis, fit, np.linspace(inv.min(), inv.max(), 50), "-",
                          f"fit: alpha = {format_uncertain(fit.alpha, fit.alpha_stderr)}"
                          + (" (exact interpolation)" if fit.dof == 0 else ""))
-            if predicts:
-                _drift_curve(ax, axis, fit, np.linspace(0.0, inv.min(), 50), "--", "extrapolated")
+            if predicts:  # a power law grows without bound: drawn only as far as the target width
+                end = 0.0 if fit.limit is not None else min(1.0 / target, inv.min())
+                _drift_curve(ax, axis, fit, np.linspace(end, inv.min(), 50), "--", "extrapolated")
         else:
             ax.text(0.5, 0.5, f"no fit: {fit}", transform=ax.transAxes, ha="center", va="center",
                     fontsize=8, wrap=True)
@@ -377,7 +378,8 @@ def draw_drift(spec: SweepSpec, levels: Sequence[LevelResult], data: ReportData)
         ax.set_xlim(left=0.0)
         ax.set_xlabel("1 / width")
         ax.set_ylabel(f"optimal {name}")
-        ax.set_title(f"{name}*(n) = {name}_inf - alpha/n ({'ln ' if axis.scale == 'log' else ''}scale)", fontsize=9)
+        law = fit.law if isinstance(fit, DriftFit) else "x*(n) = x_inf - alpha/n"
+        ax.set_title(f"{law.replace('x*', name + '*')} ({'ln ' if axis.scale == 'log' else ''}scale)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: the points keep the frame
     return fig

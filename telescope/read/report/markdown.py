@@ -130,7 +130,9 @@ def _grids_section(state: SweepState, data: ReportData) -> list[str]:
 
 def _drift_section(spec: SweepSpec, data: ReportData) -> list[str]:
     lines = ["## Optimum drift with width", "",
-             "x*(n) = x_inf - alpha/n fitted over the finished levels' optima in each axis's scale (ln x on "
+             "x*(n) = x_inf - alpha/n (muP's finite-width drift) or, where three or more levels' optima agree "
+             "with it better, x*(n) = c * n^alpha (a drift by a power of width, which never levels off), "
+             "fitted over the finished levels' optima in each axis's scale (ln x on "
              "a log axis), each optimum weighted by its uncertainty: the larger of half its level's grid "
              "spacing and its bootstrap uncertainty (as `telescope export --extrapolate` does). x_inf and "
              "the prediction are real values; alpha is in scale units. The prediction is used only where "
@@ -147,13 +149,16 @@ def _drift_section(spec: SweepSpec, data: ReportData) -> list[str]:
         if isinstance(fit, str):
             rows.append([name, "-", "-", "-", "-", *used, f"no fit: {fit}"])
             continue
-        inf = fit.predict(math.inf)
-        x_inf = clip(axes[name], inf.value)
-        x_inf_text = AxisEstimate(name, x_inf, inf.stderr, band(axes[name], x_inf, inf.stderr)).display
+        inf = fit.limit
+        if inf is None:
+            x_inf_text = "none (power law)"
+        else:
+            x_inf = clip(axes[name], inf.value)
+            x_inf_text = AxisEstimate(name, x_inf, inf.stderr, band(axes[name], x_inf, inf.stderr)).display
         d = uncertainty_decimals(fit.alpha, fit.alpha_stderr)
         p = "-" if ex is None or math.isnan(ex.alpha_p) else f"{ex.alpha_p:.2g}"
         rows.append([name, x_inf_text, format_to(fit.alpha, d), format_to(fit.alpha_stderr, d, 3), p, *used,
-                     f"{fit.n_points} levels, {fit.dof} dof, {fit.uncertainty_source}"])
+                     f"{fit.n_points} levels, {fit.dof} dof, {fit.uncertainty_source}; {fit.law}"])
     header = ["axis", "x_inf", "alpha", "alpha stderr", "alpha p", f"x* at width {data.target_width}",
               "1-sigma band", "source", "from"]
     return lines + _table(header, rows) + notes + ([""] if notes else [])

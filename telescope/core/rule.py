@@ -616,7 +616,10 @@ def telescoping_steps(
 def _unmeasured(centres: Iterable[DriftCentre]) -> str:
     """Why drift centring stayed put, e.g. "the drift fitted so far moves lr by +0.17 +- 0.32 (scale
     space) to this width: within its uncertainty, so the grid stays on the previous optimum"."""
-    steps = ", ".join(f"{d.name} by {d.step:+.2g} +- {d.step_stderr:.2g}" for d in centres)
+    def shown(step: float, stderr: float) -> float:  # float dust from an exact fit reads as no move
+        return 0.0 if abs(step) < 1e-9 * stderr else step
+
+    steps = ", ".join(f"{d.name} by {shown(d.step, d.step_stderr):+.2g} +- {d.step_stderr:.2g}" for d in centres)
     return (f"the drift fitted so far moves {steps} (scale space) to this width: within its uncertainty, "
             f"so the grid stays on the previous optimum")
 

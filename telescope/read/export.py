@@ -9,7 +9,10 @@ beyond the calibration width.
 
 An optimum still on an edge of its level's grid (`bracketed: false`) is the end of where the
 sweep looked, not an optimum: the document then carries a `warnings` list that says so and
-names the setting that would bracket it, and the CLI prints each warning on stderr.
+names the setting that would bracket it, and the CLI prints each warning on stderr. So does an
+optimum the levels measure drifting with width (the drift fit's alpha significantly non-zero):
+the calibration value is then not the optimum at a wider W, and the warning gives the drift's
+prediction for W, which `extrapolate` documents in full.
 
 The document configures the user's run, not only its learning rates: `optimizers` holds every
 other setting the trials used (Muon's momentum, Nesterov, Newton-Schulz steps and coefficients, eps
@@ -22,7 +25,6 @@ groups alike ("hidden", "embedding", "norm", "readout") and says which optimizer
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,8 @@ import yaml
 
 from telescope.state import sweep_state
 from telescope.errors import ConfigError
-from telescope.core.noise import extrapolations, level_noise, level_noises
-from telescope.core.numbers import json_safe
+from telescope.core.noise import Extrapolation, LevelNoise, extrapolations, level_noise, level_noises
+from telescope.core.numbers import format_uncertain, json_safe
 from telescope.core.contract import TrialConfig
 from telescope.core.optimizers import optimizer_of_group, optimizer_settings
 from telescope.core.scaling import scaling_for
@@ -70,7 +72,9 @@ def export(out: str | Path, width: int | None = None, extrapolate: bool = False)
         "tuned_at": _tuned_at(spec.fixed),
         "levels": [_provenance(level) | {"optimum": dict(level.optimum.point)} for level in state.levels],
     }
-    warnings = _bracket_warnings(spec, final)
+    noises = level_noises(state.levels)
+    drift = extrapolations(spec.axes, state.levels, noises, width) if width != final.width else {}
+    warnings = _bracket_warnings(spec, final) + _drift_warnings(spec, final, drift, width)
     if warnings:
         doc["warnings"] = warnings
     if not state.complete:
@@ -79,7 +83,7 @@ def export(out: str | Path, width: int | None = None, extrapolate: bool = False)
             f"these values come from width {final.width}, not the calibration width {spec.calibration_width}"
         )
     if extrapolate:
-        doc["extrapolated"] = _extrapolate(spec, state.levels, width)
+        doc["extrapolated"] = _extrapolate(spec, state.levels, noises, width)
     return doc
 
 
@@ -125,6 +129,25 @@ def _bracket_warnings(spec: SweepSpec, level: LevelResult) -> list[str]:
         + bracket_fix(level.level, name, edge, max_rings, spec.centre)
         for name, edge in level.unbracketed.items()
     ]
+
+
+def _drift_warnings(spec: SweepSpec, level: LevelResult, drift: dict[str, Extrapolation], width: int) -> list[str]:
+    """One line per axis whose optimum the levels measure drifting: the calibration value is not
+    the optimum at `width`, and the line says what the drift predicts there."""
+    lines = []
+    for name, ex in drift.items():
+        if ex.source != "drift" or ex.fit is None:
+            continue
+        fit = ex.fit
+        line = (f"{name} = {level.optimum.point[name]:.4g} is the optimum at width {level.width}, but it drifts with "
+                f"width ({fit.law}, alpha = {format_uncertain(fit.alpha, fit.alpha_stderr)}, p = {ex.alpha_p:.2g} "
+                f"over {fit.n_points} levels): at width {width} the drift predicts {ex.estimate.text()}; "
+                f"`telescope export --extrapolate` gives that prediction in full")
+        if name == "lr" and spec.fixed.optimizer == "muon" and spec.fixed.hidden_lr_rule == "adam-mup":
+            line += ('; hidden_lr_rule = "adam-mup" (lr/m) under-scales Muon\'s hidden updates by sqrt(m), and '
+                     '"spectral" (lr/sqrt(m)) is the rule whose optimum stops drifting')
+        lines.append(line)
+    return lines
 
 
 def _provenance(level: LevelResult) -> dict[str, Any]:
@@ -193,13 +216,13 @@ def _tuned_at(cfg: TrialConfig) -> dict[str, Any]:
     }
 
 
-def _extrapolate(spec: SweepSpec, levels: list[LevelResult], width: int) -> dict[str, Any]:
+def _extrapolate(spec: SweepSpec, levels: list[LevelResult], noises: list[LevelNoise], width: int) -> dict[str, Any]:
     """x*(width) per axis where the drift fit backs a prediction, else the calibration optimum with
     the reason (telescope.core.noise.extrapolations); bands inside each axis's valid range."""
     result: dict[str, Any] = {"model": "per axis, x*(n) = x_inf - alpha/n or x*(n) = c * n^alpha, whichever fits "
                                        "the levels' optima better (3+ levels; else the first), in each axis's "
                                        "scale (log: ln x), each optimum weighted by its measured uncertainty"}
-    for name, ex in extrapolations(spec.axes, levels, level_noises(levels), width).items():
+    for name, ex in extrapolations(spec.axes, levels, noises, width).items():
         e, fit = ex.estimate, ex.fit
         entry: dict[str, Any] = {
             "value": e.value, "display": e.display, "band_1sigma": list(e.band),

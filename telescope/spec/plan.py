@@ -281,8 +281,8 @@ def format_plan(p: Plan) -> str:
         )
     if len(p.levels) > 2:
         lines.append(
-            "  levels from 2 on are centred on the fitted drift x*(n) = x_inf - alpha/n (at most one spacing "
-            "from the previous optimum)" if p.centre == "drift" else
+            "  levels from 2 on are centred on the fitted drift of the optimum, as far as the levels measure it "
+            "(at most one spacing from the previous optimum)" if p.centre == "drift" else
             '  every later level is centred on the previous optimum (centre = "previous", the paper\'s rule)'
         )
     lines += ["", "against brute force (one grid run entirely at one width):"]

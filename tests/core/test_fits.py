@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telescope.errors import ConfigError
-from telescope.core.fits import InsufficientDataError, fit_drift, fit_power_law
+from telescope.core.fits import DRIFT_LAWS, InsufficientDataError, fit_best_drift, fit_drift, fit_power_law
 
 WIDTHS = np.array([128.0, 256.0, 512.0, 1024.0, 2048.0])
 N_SEEDS = 400
@@ -60,6 +60,45 @@ def test_second_order_term_is_recovered_and_matters():
 def test_second_order_needs_four_levels():
     with pytest.raises(InsufficientDataError):
         fit_drift(WIDTHS[:3], drift_law(WIDTHS[:3], 0.3, 40.0), second_order=True)
+
+
+# --- drift: a power of width, and choosing between the laws -----------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.floats(-8, 2), alpha=st.floats(-1.5, 1.5), levels=st.integers(2, 6))
+def test_power_drift_recovers_exact_data(c, alpha, levels):
+    n = 32 * 2.0 ** np.arange(levels)
+    lrs = np.exp(c + alpha * np.log(n))  # x = e^c n^alpha: straight in ln x against ln n
+    fit = fit_drift(n, lrs, scale="log", model="power")
+    assert fit.model == "power" and fit.law == DRIFT_LAWS["power"] and fit.limit is None
+    assert fit.alpha == pytest.approx(alpha, abs=1e-9) and fit.x_inf == pytest.approx(c, abs=1e-8)
+    assert fit.predict(4096).value == pytest.approx(math.exp(c) * 4096**alpha, rel=1e-8)
+    step, _ = fit.step(n[-1], 2 * n[-1])
+    assert step == pytest.approx(alpha * math.log(2), abs=1e-9)  # the same ln-step every doubling
+
+
+def test_the_better_law_is_chosen_and_two_widths_keep_muPs():
+    n = np.array([32.0, 64.0, 128.0, 256.0])
+    sigma = [0.05] * 4
+    power = np.exp(math.log(0.01) + 0.5 * np.log(n))  # a sqrt(width) drift: never levels off
+    inverse = np.exp(math.log(0.05) - 20.0 / n)  # muP's finite-width drift: levels off
+    chosen = fit_best_drift(n, power, scale="log", sigma=sigma)
+    assert chosen.model == "power" and chosen.chi2 < 1e-12 < chosen.rival_chi2
+    assert chosen.predict(1024).value == pytest.approx(0.01 * 1024**0.5, rel=1e-8)
+    kept = fit_best_drift(n, inverse, scale="log", sigma=sigma)
+    assert kept.model == "inverse" and kept.chi2 < kept.rival_chi2
+    assert kept.limit.value == pytest.approx(0.05, rel=1e-8)
+    # both laws pass exactly through two points: nothing tells them apart, muP's law is kept
+    two = fit_best_drift(n[:2], power[:2], scale="log", sigma=sigma[:2])
+    assert two.model == "inverse" and two.dof == 0 and math.isnan(two.rival_chi2)
+
+
+def test_a_power_law_has_no_second_order_term():
+    with pytest.raises(ValueError, match="inverse law only"):
+        fit_drift(WIDTHS, drift_law(WIDTHS, 0.3, 40.0), model="power", second_order=True)
+    with pytest.raises(ValueError, match="model must be one of"):
+        fit_drift(WIDTHS, drift_law(WIDTHS, 0.3, 40.0), model="cubic")
 
 
 # --- drift: log axes ----------------------------------------------------------------------------

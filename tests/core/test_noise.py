@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from telescope.core.drift import drift_fits, optimum_sigma
+from telescope.core.fits import fit_drift
 from telescope.core.noise import (
-    SIGNIFICANCE, AxisEstimate, PointLoss, band, best_point, extrapolations, f_sf, level_noise, level_noises,
+    SIGNIFICANCE, AxisEstimate, PointLoss, band, best_point, drift_sigmas, extrapolations, f_sf, level_noise,
+    level_noises,
     point_loss, two_sided_p,
 )
 from telescope.core.numbers import format_to, format_uncertain, uncertainty_decimals
@@ -243,6 +245,26 @@ def test_a_fit_with_no_degree_of_freedom_is_not_a_prediction():
     ex = extrapolations((LR, WD), levels, level_noises(levels), 1024)["lr"]
     assert ex.exact and ex.fit.dof == 0
     assert ex.source == "calibration optimum" and "exact interpolation, not a prediction" in ex.note
+
+
+def test_a_drift_by_a_power_of_width_is_extrapolated_as_one():
+    # lr* grows as sqrt(width), as Muon's under the paper's lr/m rule does: x_inf - alpha/n would
+    # level off below it; three or more levels show the power law fits, and the export follows it
+    rng = np.random.default_rng(5)
+
+    def loss(p, width, s):
+        target = math.log(0.002) + 0.5 * math.log(width)
+        return 2.4 + 0.05 * (math.log(p["lr"]) - target) ** 2 + 1e-4 * rng.standard_normal()
+
+    levels = simulate((LR, WD), (16, 32, 64, 128), loss, seeds=2, min_points=3).levels
+    lr = extrapolations((LR, WD), levels, level_noises(levels), 1024)["lr"]
+    assert lr.source == "drift" and lr.fit.model == "power" and lr.alpha_significant
+    assert lr.fit.alpha == pytest.approx(0.5, abs=0.1) and lr.fit.chi2 < lr.fit.rival_chi2
+    truth = 0.002 * 1024**0.5
+    inverse = fit_drift([lv.width for lv in levels], [lv.optimum.point["lr"] for lv in levels], scale="log",
+                        sigma=drift_sigmas(levels, level_noises(levels))["lr"])
+    assert abs(math.log(lr.estimate.value / truth)) < abs(math.log(inverse.predict(1024).value / truth)) / 2
+    assert "x*(n) = x_inf - alpha/n" not in (lr.note or "")
 
 
 def test_a_drift_below_the_valid_range_is_clipped_to_it():

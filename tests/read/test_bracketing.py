@@ -10,6 +10,8 @@ grows a ring is in tests/run/test_sweep.py.
 import json
 import math
 
+import pytest
+
 from telescope.core.contract import TrialResult
 from telescope.read.export import export
 from telescope.read.report.numbers import level_summaries, point_losses
@@ -31,10 +33,10 @@ def drift_loss(point, width):
     return 2.0 + a * a + b * b
 
 
-def record(ledger, trials):
+def record(ledger, trials, landscape=drift_loss):
     records = []
     for t in trials:
-        loss = drift_loss(t.point, t.config.width)
+        loss = landscape(t.point, t.config.width)
         result = TrialResult(status="completed", final_loss=loss, final_train_loss=loss, tokens=1, flops=1.0,
                              wall_time_s=0.0, device="cpu", steps_done=1, n_params=1)
         records.append(trial_record(t.trial_id, result, axes=t.point, columns={
@@ -42,7 +44,7 @@ def record(ledger, trials):
     ledger.append(records)
 
 
-def drive(out, spec_path, *, budget=None):
+def drive(out, spec_path, *, budget=None, landscape=drift_loss):
     """What the controller does, with the landscape as the trainable: replay, record what the
     pending step misses, repeat; stop after `budget` trials (a kill)."""
     spec = load_spec(spec_path)
@@ -57,7 +59,7 @@ def drive(out, spec_path, *, budget=None):
             missing = missing[: budget - done]
             if not missing:
                 return state
-        record(ledger, missing)
+        record(ledger, missing, landscape)
         done += len(missing)
 
 
@@ -136,6 +138,34 @@ def test_the_default_rule_brackets_and_exports_without_warnings(tmp_path):
     assert "warnings" not in doc and doc["provenance"]["bracketed"] is True
     summaries = level_summaries(*_report_inputs(out))
     assert [s.bracketed for s in summaries] == [True, True, True]
+
+
+def sqrt_width_loss(point, width):
+    """lr's optimum grows as sqrt(width), as Muon's does under the paper's lr/m: it never levels off."""
+    a = math.log(point["lr"]) - math.log(0.0015 * width**0.5)
+    return 2.0 + a * a + math.log(point["init_std"] / 0.02) ** 2
+
+
+def test_an_optimum_that_drifts_is_exported_with_a_warning_and_its_prediction(tmp_path):
+    spec_path = write_spec(tmp_path, calibration_width=128)  # widths 16 .. 128: four levels
+    out = tmp_path / "drifting"
+    state = drive(out, spec_path, landscape=sqrt_width_loss)
+    assert state.complete and all(lv.bracketed for lv in state.levels)
+    doc = export(out, width=1024, extrapolate=True)
+    (warning,) = doc["warnings"]
+    truth = 0.0015 * 1024**0.5
+    lr = doc["extrapolated"]["lr"]
+    assert lr["law"] == "x*(n) = c * n^alpha" and lr["x_inf"] is None and lr["alpha_significant"] is True
+    assert lr["chi2"] < lr["rival_chi2"] and lr["alpha"] == pytest.approx(0.5, abs=0.05)
+    assert abs(math.log(lr["value"] / truth)) < abs(math.log(doc["hyperparameters"]["lr"] / truth)) / 4
+    assert warning.startswith("lr = ") and "drifts with width (x*(n) = c * n^alpha" in warning
+    assert "at width 1024 the drift predicts" in warning and "--extrapolate" in warning
+    # init_std does not drift: it gets no warning, and the calibration optimum stands for it
+    assert doc["extrapolated"]["init_std"]["source"] == "calibration optimum"
+    # the calibration width itself needs no prediction: no drift warning there
+    assert "warnings" not in export(out, width=128)
+    result = run_cli("export", str(out), "--width", "1024")
+    assert result.returncode == 0 and result.stderr.strip().splitlines() == [f"warning: {warning}"]
 
 
 def test_an_unfinished_level_has_no_bracketed_verdict_yet(tmp_path):

@@ -10,7 +10,8 @@ trial. Three rules:
   rings       centre = "previous", max_shifts = 2 (a later level grows rings while its optimum sits
               on an edge)
   rings+drift centre = "drift",    max_shifts = 2 (the default: rings, and from level 2 on each grid
-              centred on the fitted drift, at most one spacing from the previous optimum)
+              centred on the fitted drift as far as the levels measure it, at most one spacing
+              from the previous optimum)
 
 Per rule and alpha: the share of draws whose final pick lies within half a final grid spacing of
 the true optimum at the calibration width on every axis ("tracked"), the pick's true (noise-free)

@@ -27,9 +27,10 @@ evaluated point (pooled over the points). A pick is "within noise" of the brute-
 2 * sigma * sqrt(2/n).
 
 Beyond the calibration width: one run (seed = the first evaluation seed) at 2x the calibration
-width with the exported values, one with the drift-extrapolated values (`export(...,
-extrapolate=True)`), and a 3x3 grid centred on the exported values (spacing `--grid2x-spacing`
-times the calibration level's spacing, in log space), all with the same seed. `find_optimum` (the
+width with what `export(..., width=2x)` gives (the calibration optimum, except that an axis whose
+optimum the levels measure drifting follows the drift's prediction), and a 3x3 grid centred on the
+calibration optimum (spacing `--grid2x-spacing` times the calibration level's spacing, in log
+space; its centre is the calibration optimum's own run at 2x), all with the same seed. `find_optimum` (the
 sweep's own quadratic refinement) locates the optimum of that grid.
 
 FLOPs are model FLOPs (telescope.core.flops) actually spent by the tuning method: the whole ledger
@@ -237,10 +238,8 @@ def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispa
     tele_pick = sweeps[0].pick
     mup_pick = {n: float(v) for n, v in state.levels[0].optimum.point.items()}
     drift = [(lvl.width, dict(lvl.optimum.point)) for lvl in state.levels]
-    doc2x = export(sweep_dir, width=wide, extrapolate=True)
-    extra = doc2x["extrapolated"]
-    extrapolated = ({n: float(extra[n]["value"]) for n in names}
-                    if all("value" in extra.get(n, {}) for n in names) else None)
+    doc2x = export(sweep_dir, width=wide)
+    exported = {n: float(doc2x["hyperparameters"][n]) for n in names}
 
     # (b) brute force, the evaluations and the 2x-calibration runs, all through one Dispatcher.run
     runs = Runs(rule)
@@ -252,8 +251,7 @@ def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispa
 
     def jobs() -> Iterator[Job | None]:
         first = [("2x-grid", spec.trial_config(wide, p, seeds[0])) for p in grid2x.points()]
-        if extrapolated is not None:
-            first.append(("2x-extrapolated", spec.trial_config(wide, extrapolated, seeds[0])))
+        first.append(("2x-exported", spec.trial_config(wide, exported, seeds[0])))
         first += [("brute-force", spec.trial_config(cal, p, spec.seeds[0])) for p in bf_points]
         for sw in sweeps:
             first += [(f"eval-{sw.method}", spec.trial_config(cal, sw.pick, s)) for s in seeds]
@@ -276,7 +274,7 @@ def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispa
 
     t1 = time.perf_counter()
     print(f"[{rule}] (b, c) brute force {bf_grid.shape} at {cal}, evaluations at {cal} (seeds {seeds}), "
-          f"{grid2x.shape} grid + extrapolated at {wide}", flush=True)
+          f"{grid2x.shape} grid + exported at {wide}", flush=True)
     dispatcher.run(jobs(), runs.record)
     runs_s = time.perf_counter() - t1
     bf_flops = runs.flops("brute-force")
@@ -308,9 +306,8 @@ def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispa
 
     # 2x the calibration width
     obs2x = [Observation(p, seeds[0], runs.loss(spec.trial_config(wide, p, seeds[0]))) for p in grid2x.points()]
-    loss_exported = runs.loss(spec.trial_config(wide, tele_pick, seeds[0]))
-    loss_extrapolated = (runs.loss(spec.trial_config(wide, extrapolated, seeds[0]))
-                         if extrapolated is not None else math.nan)
+    loss_calibration = runs.loss(spec.trial_config(wide, tele_pick, seeds[0]))
+    loss_exported = runs.loss(spec.trial_config(wide, exported, seeds[0]))
     best2x = min(obs2x, key=lambda o: o.loss)
     try:
         opt2x = find_optimum(grid2x, obs2x)
@@ -328,11 +325,11 @@ def run_rule(rule: str, args: argparse.Namespace, quick: bool, dispatcher: Dispa
                 if math.isfinite(fitted[n]) else math.nan for n in names}
 
     wide_rows = []
-    paper_wide = [(f"exported ({sw.method})", sw.pick, runs.loss(spec.trial_config(wide, sw.pick, seeds[0])))
-                  for sw in sweeps if sw.paper]
-    for label, point, loss in (("exported", tele_pick, loss_exported),
+    paper_wide = [(f"calibration optimum ({sw.method})", sw.pick,
+                   runs.loss(spec.trial_config(wide, sw.pick, seeds[0]))) for sw in sweeps if sw.paper]
+    for label, point, loss in (("calibration optimum", tele_pick, loss_calibration),
+                               ("exported", exported, loss_exported),
                                *paper_wide,
-                               ("extrapolated", extrapolated, loss_extrapolated),
                                ("grid best", dict(best2x.point), best2x.loss),
                                (f"grid fit ({fit_method})", fitted, math.nan)):
         wide_rows.append({"rule": rule, "point": label, **{n: (point or {}).get(n, math.nan) for n in names},
@@ -395,7 +392,7 @@ def report(results: list[dict[str, Any]], entropy: float) -> list[dict[str, Any]
     print()
     wide = results[0]["wide_width"]
     print(f"at 2x the calibration width ({wide}), one seed ({results[0]['seeds'][0]}) for every run; "
-          f"{results[0]['grid2x']} grid centred on the exported values; off_* = distance from the grid's fitted "
+          f"{results[0]['grid2x']} grid centred on the calibration optimum; off_* = distance from the grid's fitted "
           "optimum in grid spacings (log space)")
     cols = ["rule", "point", *names, "loss", "delta_vs_grid_best", *[f"off_{n}" for n in names]]
     rows = [r for res in results for r in res["wide"]]
@@ -423,11 +420,18 @@ def report(results: list[dict[str, Any]], entropy: float) -> list[dict[str, Any]
               f"closer than plain muP ({abs(tele['delta_vs_bf']):.4f} vs {abs(mup['delta_vs_bf']):.4f}): "
               f"{'MET' if closer else 'MISSED'}")
     if len(results) == 2:
-        a, b = results
+        def method(res: dict, name: str) -> dict:
+            return next(m for m in res["methods"] if m["method"] == name)
+
+        def at_2x(res: dict, point: str) -> float:
+            return next(w["delta_vs_grid_best"] for w in res["wide"] if w["point"] == point)
+
         print("rules compared (smaller is better transfer): plain-muP gap at the calibration width "
-              + ", ".join(f"{r['rule']} {r['methods'][2]['delta_vs_bf']:+.4f}" for r in results)
-              + "; exported-vs-grid-best gap at 2x "
-              + ", ".join(f"{r['rule']} {r['wide'][0]['delta_vs_grid_best']:+.4f}" for r in results)
+              + ", ".join(f"{r['rule']} {method(r, 'plain muP')['delta_vs_bf']:+.4f}" for r in results)
+              + "; gap to the grid's best at 2x: exported "
+              + ", ".join(f"{r['rule']} {at_2x(r, 'exported'):+.4f}" for r in results)
+              + ", calibration optimum "
+              + ", ".join(f"{r['rule']} {at_2x(r, 'calibration optimum'):+.4f}" for r in results)
               + "; lr drift base -> calibration "
               + ", ".join(f"{r['rule']} x{r['drift'][-1][1]['lr'] / r['drift'][0][1]['lr']:.2f}" for r in results))
     return summary

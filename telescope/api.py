@@ -95,10 +95,11 @@ class Sweep:
 
         return sweep_status(self.directory)
 
-    def export(self, width: int | None = None, *, extrapolate: bool = False) -> dict[str, Any]:
+    def export(self, width: int | None = None, *, extrapolate: bool = False,
+               follow_drift: bool = True) -> dict[str, Any]:
         from telescope.read.export import export
 
-        return export(self.directory, width=width, extrapolate=extrapolate)
+        return export(self.directory, width=width, extrapolate=extrapolate, follow_drift=follow_drift)
 
     def report(self, out: str | Path, **options: Any) -> ReportData:
         """Figures and report.md in `out` (options: axes, coordcheck, compare; see make_report)."""

@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--extrapolate", action="store_true",
                    help="also fit the optimum's drift over the levels (x*(n) = x_inf - alpha/n, or c * n^alpha where 3+ levels "
                         "agree with it better) and predict x*(width)")
+    p.add_argument("--at-calibration", action="store_true",
+                   help="export the calibration optimum unchanged even on an axis whose optimum the levels measure "
+                        "drifting with width (by default such an axis follows the drift's prediction for --width)")
     p.set_defaults(func=cmd_export)
 
 
@@ -101,7 +104,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.width is not None and args.width <= 0:
         raise ConfigError("--width", f"must be a positive width; got {args.width}")
-    doc = Sweep.open(args.dir).export(args.width, extrapolate=args.extrapolate)
+    doc = Sweep.open(args.dir).export(args.width, extrapolate=args.extrapolate, follow_drift=not args.at_calibration)
     for warning in doc.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     text = render(doc, args.format)

@@ -1,8 +1,15 @@
 """Export the transferred hyperparameters: what a user copies into the config of the real run.
 
 The base values are the optimum of the widest finished level (the calibration width once the sweep
-is complete), with their provenance. At the width W the user will train, muP turns them into
-concrete per-parameter-group values (telescope.core.scaling). `extrapolate` fits the drift of the
+is complete), with their provenance, except on an axis whose optimum the levels measure drifting
+with width (telescope.core.noise.extrapolations: a fit with a degree of freedom left and alpha
+significantly non-zero): the calibration value is then not the optimum at another width W, and
+the drift's prediction for W is exported instead (`drift_followed` says which axes, from what
+and by which law, with a warning; `follow_drift=False` keeps the calibration values). muP alone
+is right where nothing drifts; where the parameterization is off by a power of width (Muon's lr
+under the paper's lr/m) the optimum keeps moving, and no value tuned at one width carries to
+another. At the width W the user will train, muP turns the base values into concrete
+per-parameter-group values (telescope.core.scaling). `extrapolate` fits the drift of the
 levels' optima (x*(n) = x_inf - alpha/n, or x*(n) = c * n^alpha where three or more levels agree
 with that better; telescope.core.fits) and predicts x*(W) with its uncertainty, for when W is far
 beyond the calibration width.
@@ -46,7 +53,8 @@ from telescope.core.rule import LevelResult, bracket_fix
 FORMATS = ("json", "yaml", "toml")
 
 
-def export(out: str | Path, width: int | None = None, extrapolate: bool = False) -> dict[str, Any]:
+def export(out: str | Path, width: int | None = None, extrapolate: bool = False,
+           follow_drift: bool = True) -> dict[str, Any]:
     spec, _, state = sweep_state(out)
     width = spec.target_width if width is None else width
     if not state.levels:
@@ -54,7 +62,12 @@ def export(out: str | Path, width: int | None = None, extrapolate: bool = False)
             str(out), "no level has finished yet, so there is nothing to export; see `telescope status`"
         )
     final = state.levels[-1]
-    base = {name: float(v) for name, v in final.optimum.point.items()}
+    noises = level_noises(state.levels)
+    drift = extrapolations(spec.axes, state.levels, noises, width) if width != final.width else {}
+    measured = {name: ex for name, ex in drift.items() if ex.source == "drift" and ex.fit is not None}
+    followed = measured if follow_drift else {}
+    calibration = {name: float(v) for name, v in final.optimum.point.items()}
+    base = calibration | {name: float(ex.estimate.value) for name, ex in followed.items()}
     doc: dict[str, Any] = {
         "sweep": spec.name,
         "complete": state.complete,
@@ -72,9 +85,9 @@ def export(out: str | Path, width: int | None = None, extrapolate: bool = False)
         "tuned_at": _tuned_at(spec.fixed),
         "levels": [_provenance(level) | {"optimum": dict(level.optimum.point)} for level in state.levels],
     }
-    noises = level_noises(state.levels)
-    drift = extrapolations(spec.axes, state.levels, noises, width) if width != final.width else {}
-    warnings = _bracket_warnings(spec, final) + _drift_warnings(spec, final, drift, width)
+    if followed:
+        doc["drift_followed"] = {name: _drift_entry(ex, calibration[name], final.width) for name, ex in followed.items()}
+    warnings = _bracket_warnings(spec, final) + _drift_warnings(spec, final, measured, width, follow_drift)
     if warnings:
         doc["warnings"] = warnings
     if not state.complete:
@@ -131,23 +144,40 @@ def _bracket_warnings(spec: SweepSpec, level: LevelResult) -> list[str]:
     ]
 
 
-def _drift_warnings(spec: SweepSpec, level: LevelResult, drift: dict[str, Extrapolation], width: int) -> list[str]:
-    """One line per axis whose optimum the levels measure drifting: the calibration value is not
-    the optimum at `width`, and the line says what the drift predicts there."""
+def _drift_warnings(spec: SweepSpec, level: LevelResult, measured: dict[str, Extrapolation], width: int,
+                    followed: bool) -> list[str]:
+    """One line per axis whose optimum the levels measure drifting: the exported value is then an
+    extrapolation (or, not followed, a value that is not the optimum at `width`)."""
     lines = []
-    for name, ex in drift.items():
-        if ex.source != "drift" or ex.fit is None:
-            continue
+    for name, ex in measured.items():
         fit = ex.fit
-        line = (f"{name} = {level.optimum.point[name]:.4g} is the optimum at width {level.width}, but it drifts with "
-                f"width ({fit.law}, alpha = {format_uncertain(fit.alpha, fit.alpha_stderr)}, p = {ex.alpha_p:.2g} "
-                f"over {fit.n_points} levels): at width {width} the drift predicts {ex.estimate.text()}; "
-                f"`telescope export --extrapolate` gives that prediction in full")
+        assert fit is not None  # `measured` holds drift predictions only
+        drifts = (f"drifts with width ({fit.law}, alpha = {format_uncertain(fit.alpha, fit.alpha_stderr)}, "
+                  f"p = {ex.alpha_p:.2g} over {fit.n_points} levels)")
+        at = level.optimum.point[name]
+        if followed:
+            line = (f"{name} = {ex.estimate.value:.4g} follows the drift the levels measure: the optimum {drifts} "
+                    f"from {at:.4g} at width {level.width} to {ex.estimate.text()} at width {width}, an "
+                    f"extrapolation; `--at-calibration` exports {at:.4g} unchanged")
+        else:
+            line = (f"{name} = {at:.4g} is the optimum at width {level.width}, but it {drifts}: at width {width} "
+                    f"the drift predicts {ex.estimate.text()}; without `--at-calibration` the export follows it")
         if name == "lr" and spec.fixed.optimizer == "muon" and spec.fixed.hidden_lr_rule == "adam-mup":
             line += ('; hidden_lr_rule = "adam-mup" (lr/m) under-scales Muon\'s hidden updates by sqrt(m), and '
                      '"spectral" (lr/sqrt(m)) is the rule whose optimum stops drifting')
         lines.append(line)
     return lines
+
+
+def _drift_entry(ex: Extrapolation, calibration: float, calibration_width: int) -> dict[str, Any]:
+    """What a followed axis's value is made of: the calibration optimum and the drift fit's prediction."""
+    fit = ex.fit
+    assert fit is not None
+    return json_safe({
+        "calibration": calibration, "calibration_width": calibration_width, "value": ex.estimate.value,
+        "band_1sigma": list(ex.estimate.band), "law": fit.law, "alpha": fit.alpha, "alpha_stderr": fit.alpha_stderr,
+        "alpha_p_value": ex.alpha_p, "n_levels": fit.n_points,
+    })
 
 
 def _provenance(level: LevelResult) -> dict[str, Any]:

@@ -146,26 +146,46 @@ def sqrt_width_loss(point, width):
     return 2.0 + a * a + math.log(point["init_std"] / 0.02) ** 2
 
 
-def test_an_optimum_that_drifts_is_exported_with_a_warning_and_its_prediction(tmp_path):
+def test_an_optimum_that_drifts_is_exported_where_the_drift_heads_and_says_so(tmp_path):
     spec_path = write_spec(tmp_path, calibration_width=128)  # widths 16 .. 128: four levels
     out = tmp_path / "drifting"
     state = drive(out, spec_path, landscape=sqrt_width_loss)
     assert state.complete and all(lv.bracketed for lv in state.levels)
-    doc = export(out, width=1024, extrapolate=True)
-    (warning,) = doc["warnings"]
+    calibration = dict(state.levels[-1].optimum.point)
     truth = 0.0015 * 1024**0.5
+    doc = export(out, width=1024, extrapolate=True)
     lr = doc["extrapolated"]["lr"]
     assert lr["law"] == "x*(n) = c * n^alpha" and lr["x_inf"] is None and lr["alpha_significant"] is True
     assert lr["chi2"] < lr["rival_chi2"] and lr["alpha"] == pytest.approx(0.5, abs=0.05)
-    assert abs(math.log(lr["value"] / truth)) < abs(math.log(doc["hyperparameters"]["lr"] / truth)) / 4
-    assert warning.startswith("lr = ") and "drifts with width (x*(n) = c * n^alpha" in warning
-    assert "at width 1024 the drift predicts" in warning and "--extrapolate" in warning
-    # init_std does not drift: it gets no warning, and the calibration optimum stands for it
+    # the export follows the measured drift: lr is the prediction, near the truth; init_std does not
+    # drift, so it stays the calibration optimum
+    assert doc["hyperparameters"]["lr"] == lr["value"] != calibration["lr"]
+    assert abs(math.log(lr["value"] / truth)) < abs(math.log(calibration["lr"] / truth)) / 4
+    assert doc["hyperparameters"]["init_std"] == calibration["init_std"]
     assert doc["extrapolated"]["init_std"]["source"] == "calibration optimum"
-    # the calibration width itself needs no prediction: no drift warning there
-    assert "warnings" not in export(out, width=128)
+    followed = doc["drift_followed"]
+    assert set(followed) == {"lr"} and followed["lr"]["calibration"] == calibration["lr"]
+    assert followed["lr"]["law"] == lr["law"] and followed["lr"]["calibration_width"] == 128
+    assert doc["at_width"]["lr"]["embedding"] == pytest.approx(lr["value"])  # muP's groups are built on it
+    (warning,) = doc["warnings"]
+    assert warning.startswith(f"lr = {lr['value']:.4g} follows the drift the levels measure")
+    assert "(x*(n) = c * n^alpha" in warning and "at width 1024, an extrapolation" in warning
+    assert f"`--at-calibration` exports {calibration['lr']:.4g} unchanged" in warning
+
+    # --at-calibration keeps the calibration optimum and still says where the drift heads
+    kept = export(out, width=1024, follow_drift=False)
+    assert kept["hyperparameters"] == calibration and "drift_followed" not in kept
+    (kept_warning,) = kept["warnings"]
+    assert kept_warning.startswith(f"lr = {calibration['lr']:.4g} is the optimum at width 128, but it drifts")
+    # the calibration width itself needs no prediction: nothing followed, no drift warning
+    at_cal = export(out, width=128)
+    assert "warnings" not in at_cal and at_cal["hyperparameters"] == calibration
     result = run_cli("export", str(out), "--width", "1024")
     assert result.returncode == 0 and result.stderr.strip().splitlines() == [f"warning: {warning}"]
+    assert json.loads(result.stdout)["hyperparameters"]["lr"] == pytest.approx(lr["value"])
+    result = run_cli("export", str(out), "--width", "1024", "--at-calibration")
+    assert result.returncode == 0 and result.stderr.strip().splitlines() == [f"warning: {kept_warning}"]
+    assert json.loads(result.stdout)["hyperparameters"]["lr"] == pytest.approx(calibration["lr"])
 
 
 def test_an_unfinished_level_has_no_bracketed_verdict_yet(tmp_path):

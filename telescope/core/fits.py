@@ -113,8 +113,7 @@ class DriftFit:
     def predict(self, n: float) -> Prediction:
         """Extrapolated optimum at width n (real space) with its scale-space stderr."""
         g = _drift_basis(np.array([float(n)]), self.beta is not None, self.model)[0]
-        params = np.array([self.x_inf, self.alpha] + ([self.beta] if self.beta is not None else []))
-        y = float(g @ params)
+        y = float(g @ self._params())
         value = math.exp(y) if self.scale == "log" else y
         return Prediction(value=value, stderr=_delta_stderr(g, self.covariance), scale=self.scale)
 
@@ -123,9 +122,12 @@ class DriftFit:
         move's stderr: the difference of two predictions, whose errors are correlated (a shared
         x_inf cancels), so it is tighter than either prediction alone."""
         g_from, g_to = _drift_basis(np.array([float(n_from), float(n_to)]), self.beta is not None, self.model)
-        params = np.array([self.x_inf, self.alpha] + ([self.beta] if self.beta is not None else []))
         g = g_to - g_from
-        return float(g @ params), _delta_stderr(g, self.covariance)
+        return float(g @ self._params()), _delta_stderr(g, self.covariance)
+
+    def _params(self) -> np.ndarray:
+        """The parameters in the covariance's order: x_inf, alpha[, beta]."""
+        return np.array([self.x_inf, self.alpha] + ([self.beta] if self.beta is not None else []))
 
 
 @dataclass(frozen=True)
